@@ -1,0 +1,227 @@
+"""Serve one ModelDlm to other processes, playing the kernel's part for the model backend.
+
+Each connection is one session (one process on one node); when it drops, its persistent
+locks become orphans, exactly as when a process holding kernel DLM locks exits. This lets
+tests kill a daemon with -9 and watch it adopt its orphans on restart, and lets two daemons
+on one host play two nodes. Not a cluster lock.
+
+    python -m virtdlm.backends.model_server --socket PATH [--lockspace NAME]
+
+Wire: the framing of virtdlm.protocol; requests {"op", ...}, replies {"ok", ...} or
+{"ok": false, "errno": N, "kind": "busy"|"orphan"|"error", "message": str}.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import logging
+import os
+import signal
+import socket
+import socketserver
+import threading
+from typing import Any
+
+from .. import protocol
+from ..errors import BackendError, BackendUnavailable, LockBusy, OrphanNotFound, ProtocolError
+from .base import LockFlags, Mode
+from .model import ModelDlm
+
+log = logging.getLogger(__name__)
+CONNECT_TIMEOUT_S = 5.0
+CALL_TIMEOUT_S = 30.0
+
+
+def recv_frame(sock: socket.socket) -> dict[str, Any] | None:
+    """Read one frame from a blocking socket; None on a clean EOF before a header."""
+    header = _recv_exact(sock, protocol.HEADER.size, eof_ok=True)
+    if header is None:
+        return None
+    body = _recv_exact(sock, protocol.frame_length(header), eof_ok=False)
+    assert body is not None
+    return protocol.decode_body(body)
+
+
+def _recv_exact(sock: socket.socket, size: int, eof_ok: bool) -> bytes | None:
+    chunks, got = [], 0
+    while got < size:
+        chunk = sock.recv(size - got)
+        if not chunk:
+            if eof_ok and got == 0:
+                return None
+            raise ProtocolError(f"connection closed after {got} of {size} bytes")
+        chunks.append(chunk)
+        got += len(chunk)
+    return b"".join(chunks)
+
+
+def _lvb_in(value: Any) -> bytes | None:
+    return None if value is None else bytes.fromhex(value)
+
+
+def _lvb_out(value: bytes | None) -> str | None:
+    return None if value is None else value.hex()
+
+
+class _Handler(socketserver.BaseRequestHandler):
+    server: ModelServer
+
+    def handle(self) -> None:
+        dlm = self.server.dlm
+        hello = recv_frame(self.request)
+        if not hello or hello.get("op") != "hello" or not isinstance(hello.get("node_id"), int):
+            return
+        session = dlm.session(hello["node_id"])
+        sid = session._sid
+        try:
+            self.request.sendall(protocol.encode_frame({"ok": True, "session": sid}))
+            while (req := recv_frame(self.request)) is not None:
+                self.request.sendall(protocol.encode_frame(self._call(session, req)))
+        except (OSError, ProtocolError) as err:
+            log.debug("model session %d: %s", sid, err)
+        finally:
+            session.close()
+
+    @staticmethod
+    def _call(session: Any, req: dict[str, Any]) -> dict[str, Any]:
+        op = req.get("op")
+        try:
+            flags = LockFlags(req.get("flags", 0))
+            if op == "lock":
+                lkid, lvb = session.lock(
+                    req["resource"], Mode(req["mode"]), flags, _lvb_in(req.get("lvb"))
+                )
+                return {"ok": True, "lkid": lkid, "lvb": _lvb_out(lvb)}
+            if op == "convert":
+                lvb = session.convert(req["lkid"], Mode(req["mode"]), flags, _lvb_in(req.get("lvb")))
+                return {"ok": True, "lvb": _lvb_out(lvb)}
+            if op == "unlock":
+                session.unlock(req["lkid"])
+                return {"ok": True}
+            if op == "adopt":
+                return {"ok": True, "lkid": session.adopt(req["resource"], Mode(req["mode"]), flags)}
+            if op == "purge":
+                session.purge()
+                return {"ok": True}
+            return {"ok": False, "errno": 22, "kind": "error", "message": f"unknown op {op!r}"}
+        except LockBusy as err:
+            return {"ok": False, "errno": err.errno, "kind": "busy", "message": str(err)}
+        except OrphanNotFound as err:
+            return {"ok": False, "errno": err.errno, "kind": "orphan", "message": str(err)}
+        except BackendError as err:
+            return {"ok": False, "errno": err.errno, "kind": "error", "message": str(err)}
+        except (KeyError, ValueError, TypeError) as err:
+            return {"ok": False, "errno": 22, "kind": "error", "message": f"bad request: {err}"}
+
+
+class ModelServer(socketserver.ThreadingMixIn, socketserver.UnixStreamServer):
+    daemon_threads = True
+
+    def __init__(self, path: str, dlm: ModelDlm) -> None:
+        self.dlm = dlm
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(path)
+        old = os.umask(0o077)
+        try:
+            super().__init__(path, _Handler)
+        finally:
+            os.umask(old)
+
+
+class RemoteModelBackend:
+    """LockBackend talking to a model server: one connection = one session."""
+
+    name = "model"
+    cluster = False
+
+    def __init__(self, path: str, node_id: int, lockspace: str = "libvirt") -> None:
+        self.node_id = node_id
+        self.lockspace = lockspace
+        self._mutex = threading.Lock()
+        self._sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        self._sock.settimeout(CONNECT_TIMEOUT_S)
+        try:
+            self._sock.connect(path)
+            self._sock.settimeout(CALL_TIMEOUT_S)
+            self._sock.sendall(protocol.encode_frame({"op": "hello", "node_id": node_id}))
+            reply = recv_frame(self._sock)
+        except (OSError, ProtocolError) as err:
+            self._sock.close()
+            raise BackendUnavailable(
+                f"model server at {path} is not reachable; start it with "
+                f"'python -m virtdlm.backends.model_server --socket {path}'",
+                getattr(err, "errno", 0) or 0,
+            ) from err
+        if not reply or not reply.get("ok"):
+            self._sock.close()
+            raise BackendUnavailable(f"model server at {path} refused the session: {reply}")
+
+    def _call(self, **req: Any) -> dict[str, Any]:
+        with self._mutex:
+            try:
+                self._sock.sendall(protocol.encode_frame(req))
+                reply = recv_frame(self._sock)
+            except (OSError, ProtocolError) as err:
+                raise BackendError(f"model server call {req.get('op')}: {err}") from err
+        if reply is None:
+            raise BackendError(f"model server closed the session during {req.get('op')}")
+        if reply.get("ok"):
+            return reply
+        kind, message = reply.get("kind"), str(reply.get("message"))
+        if kind == "busy":
+            raise LockBusy(message)
+        if kind == "orphan":
+            raise OrphanNotFound(message)
+        raise BackendError(message, int(reply.get("errno", 0)))
+
+    def lock(
+        self, resource: str, mode: Mode, flags: LockFlags, lvb: bytes | None = None
+    ) -> tuple[int, bytes | None]:
+        r = self._call(op="lock", resource=resource, mode=int(mode), flags=int(flags), lvb=_lvb_out(lvb))
+        return int(r["lkid"]), _lvb_in(r.get("lvb"))
+
+    def convert(
+        self, lkid: int, mode: Mode, flags: LockFlags, lvb: bytes | None = None
+    ) -> bytes | None:
+        r = self._call(op="convert", lkid=lkid, mode=int(mode), flags=int(flags), lvb=_lvb_out(lvb))
+        return _lvb_in(r.get("lvb"))
+
+    def unlock(self, lkid: int) -> None:
+        self._call(op="unlock", lkid=lkid)
+
+    def adopt(self, resource: str, mode: Mode, flags: LockFlags) -> int:
+        return int(self._call(op="adopt", resource=resource, mode=int(mode), flags=int(flags))["lkid"])
+
+    def purge(self) -> None:
+        self._call(op="purge")
+
+    def close(self) -> None:
+        with self._mutex:
+            self._sock.close()
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description="Serve an in-memory model DLM (tests only).")
+    parser.add_argument("--socket", required=True, help="unix socket path to listen on")
+    parser.add_argument("--lockspace", default="libvirt")
+    parser.add_argument("--pid-file", help="write the server's pid here")
+    args = parser.parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="model-server: %(message)s")
+    server = ModelServer(args.socket, ModelDlm(args.lockspace))
+    if args.pid_file:
+        with open(args.pid_file, "w", encoding="utf-8") as f:
+            f.write(f"{os.getpid()}\n")
+    signal.signal(signal.SIGTERM, lambda *_: threading.Thread(target=server.shutdown).start())
+    log.info("serving model lockspace %s on %s (not a cluster lock)", args.lockspace, args.socket)
+    try:
+        server.serve_forever()
+    finally:
+        server.server_close()
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(args.socket)
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
