@@ -41,8 +41,15 @@ def format_locks(locks: list[dict[str, Any]]) -> str:
         return "no locks held"
     head = ("MODE", "DOMAIN", "PID", "NODE", "KIND", "PATH", "RESOURCE")
     rows = [head] + [
-        (lk["mode"], lk["domain"], str(lk["pid"]), lk["node"], lk["kind"], lk["path"],
-         lk["resource"])
+        (
+            lk["mode"],
+            lk["domain"],
+            str(lk["pid"]),
+            lk["node"],
+            lk["kind"],
+            lk["path"],
+            lk["resource"],
+        )
         for lk in locks
     ]
     widths = [max(len(r[i]) for r in rows) for i in range(len(head) - 1)]

@@ -37,21 +37,26 @@ class Client:
             self.sock.sendall(protocol.encode_frame(message))
             reply = recv_frame(self.sock)
         except TimeoutError as err:
-            raise Timeout(f"virtdlmd at {self.socket_path} did not answer "
-                          f"{message.get('op')!r} in {self.timeout_s:.0f} s") from err
+            raise Timeout(
+                f"virtdlmd at {self.socket_path} did not answer "
+                f"{message.get('op')!r} in {self.timeout_s:.0f} s"
+            ) from err
         except OSError as err:
             raise DaemonUnavailable(self.socket_path, err) from err
         if reply is None:
-            raise ProtocolError(f"virtdlmd at {self.socket_path} closed the connection "
-                                f"without answering {message.get('op')!r}")
+            raise ProtocolError(
+                f"virtdlmd at {self.socket_path} closed the connection "
+                f"without answering {message.get('op')!r}"
+            )
         return reply
 
     def request(self, message: dict[str, Any]) -> dict[str, Any]:
         """Send one message; raise RemoteError on an error reply."""
         reply = self.raw(message)
         if not reply.get("ok"):
-            raise RemoteError(int(reply.get("code", 0)), str(reply.get("error")),
-                              str(reply.get("message")))
+            raise RemoteError(
+                int(reply.get("code", 0)), str(reply.get("error")), str(reply.get("message"))
+            )
         return reply
 
     def close(self) -> None:
@@ -60,12 +65,17 @@ class Client:
     def __enter__(self) -> Client:
         return self
 
-    def __exit__(self, kind: type[BaseException] | None, value: BaseException | None,
-                 tb: TracebackType | None) -> None:
+    def __exit__(
+        self,
+        kind: type[BaseException] | None,
+        value: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
         self.close()
 
 
-def call(socket_path: str, message: dict[str, Any],
-         timeout_s: float = REPLY_TIMEOUT_S) -> dict[str, Any]:
+def call(
+    socket_path: str, message: dict[str, Any], timeout_s: float = REPLY_TIMEOUT_S
+) -> dict[str, Any]:
     with Client(socket_path, timeout_s) as client:
         return client.request(message)

@@ -25,7 +25,7 @@ DEFAULT_LOCKSPACE = "libvirt"
 MAX_LOCKSPACE_NAME_BYTES = 64
 BACKENDS = ("dlm", "model")
 
-_LINE_RE = re.compile(r'^\s*([A-Za-z_][A-Za-z0-9_]*)\s*=\s*(.*?)\s*$')
+_LINE_RE = re.compile(r"^\s*([A-Za-z_][A-Za-z0-9_]*)\s*=\s*(.*?)\s*$")
 _LOCKSPACE_RE = re.compile(r"^[A-Za-z0-9_.-]+$")
 
 
@@ -146,7 +146,7 @@ def _validate(config: Config, path: str, lines: dict[str, int]) -> None:
     if config.model_socket and not config.model_socket.startswith("/"):
         fail("model_socket", f"model_socket {config.model_socket!r} must be an absolute path")
     if len(config.socket_path.encode()) > 107:
-        fail("socket_path", f"socket_path is longer than a unix socket allows (107 bytes)")
+        fail("socket_path", "socket_path is longer than a unix socket allows (107 bytes)")
     if config.allowed_group:
         try:
             grp.getgrnam(config.allowed_group)

@@ -31,6 +31,7 @@ EXIT_FAILED = 1
 def backend_factory(config: Config) -> Callable[[], LockBackend]:
     """How to open the configured backend; called on the daemon's worker thread."""
     if config.backend == "dlm":
+
         def open_libdlm() -> LockBackend:
             from .backends.libdlm import LibDlmBackend
 
@@ -38,19 +39,23 @@ def backend_factory(config: Config) -> Callable[[], LockBackend]:
 
         return open_libdlm
     if config.model_socket:
+
         def open_remote_model() -> LockBackend:
             from .backends.model_server import RemoteModelBackend
 
-            return RemoteModelBackend(config.model_socket, config.model_node_id,
-                                      config.lockspace_name)
+            return RemoteModelBackend(
+                config.model_socket, config.model_node_id, config.lockspace_name
+            )
 
         return open_remote_model
 
     def open_model() -> LockBackend:
         from .backends.model import ModelDlm
 
-        log.warning("model backend without model_socket: locks live inside this process and "
-                    "do not survive a restart of virtdlmd")
+        log.warning(
+            "model backend without model_socket: locks live inside this process and "
+            "do not survive a restart of virtdlmd"
+        )
         return ModelDlm(config.lockspace_name).session(config.model_node_id)
 
     return open_model
@@ -84,14 +89,23 @@ async def run(config: Config) -> None:
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="virtdlmd", description=__doc__.splitlines()[0])
-    parser.add_argument("--config", default=DEFAULT_CONFIG_PATH,
-                        help="configuration file (default %(default)s; absent = defaults)")
+    parser.add_argument(
+        "--config",
+        default=DEFAULT_CONFIG_PATH,
+        help="configuration file (default %(default)s; absent = defaults)",
+    )
     parser.add_argument("--socket", help="override socket_path from the configuration")
-    parser.add_argument("--log-level", default=os.environ.get("VIRTDLMD_LOG_LEVEL", "INFO"),
-                        choices=["DEBUG", "INFO", "WARNING", "ERROR"])
+    parser.add_argument(
+        "--log-level",
+        default=os.environ.get("VIRTDLMD_LOG_LEVEL", "INFO"),
+        choices=["DEBUG", "INFO", "WARNING", "ERROR"],
+    )
     args = parser.parse_args(argv)
-    logging.basicConfig(level=args.log_level, stream=sys.stderr,
-                        format="%(asctime)s virtdlmd[%(process)d] %(levelname)s %(message)s")
+    logging.basicConfig(
+        level=args.log_level,
+        stream=sys.stderr,
+        format="%(asctime)s virtdlmd[%(process)d] %(levelname)s %(message)s",
+    )
     try:
         config = load_config(args.config, required=args.config != DEFAULT_CONFIG_PATH)
         if args.socket:

@@ -21,8 +21,10 @@ A path that does not exist (yet) is named by its normalised absolute path.
 from __future__ import annotations
 
 import base64
+import functools
 import hashlib
 import os
+import re
 import stat
 from dataclasses import dataclass
 
@@ -43,17 +45,14 @@ class Mount:
     source: str
 
 
+_OCTAL_RE = re.compile(r"\\([0-7]{3})")
+
+
 def _unescape(field: str) -> str:
-    """mountinfo escapes space, tab, newline and backslash as octal."""
-    out, i = [], 0
-    while i < len(field):
-        if field[i] == "\\" and i + 3 < len(field) and field[i + 1 : i + 4].isdigit():
-            out.append(chr(int(field[i + 1 : i + 4], 8)))
-            i += 4
-        else:
-            out.append(field[i])
-            i += 1
-    return "".join(out)
+    """mountinfo escapes space, tab, newline and backslash as octal (\\040)."""
+    if "\\" not in field:
+        return field
+    return _OCTAL_RE.sub(lambda m: chr(int(m.group(1), 8)), field)
 
 
 def parse_mountinfo(text: str) -> list[Mount]:
@@ -79,21 +78,36 @@ def parse_mountinfo(text: str) -> list[Mount]:
     return mounts
 
 
+@functools.lru_cache(maxsize=4)
+def _parse_cached(text: str) -> dict[str, list[Mount]]:
+    """Mounts by device (major:minor), parsed once per distinct mount table: the text is
+    re-read on every request, so a mount or unmount is seen at once."""
+    by_device: dict[str, list[Mount]] = {}
+    for m in parse_mountinfo(text):
+        by_device.setdefault(m.major_minor, []).append(m)
+    return by_device
+
+
+def _inside(path: str, mount_point: str) -> bool:
+    return mount_point == "/" or path == mount_point or path.startswith(mount_point + "/")
+
+
 def find_mount(mounts: list[Mount], path: str) -> Mount | None:
     """The mount holding `path`: the longest mount point prefix, the last one mounted."""
     best: Mount | None = None
     for m in mounts:
-        mp = m.mount_point
-        inside = path == mp or path.startswith(mp.rstrip("/") + "/") or mp == "/"
-        if inside and (best is None or len(mp) >= len(best.mount_point)):
+        if _inside(path, m.mount_point) and (
+            best is None or len(m.mount_point) >= len(best.mount_point)
+        ):
             best = m
     return best
 
 
 def identity_in_mount(mount: Mount, real_path: str) -> str:
     """The identity string of a regular file, given the mount it lives in."""
-    below = os.path.relpath(real_path, mount.mount_point)
-    inner = os.path.normpath(os.path.join(mount.root, below))
+    mp = mount.mount_point
+    below = real_path[len(mp) :].lstrip("/") if mp != "/" else real_path.lstrip("/")
+    inner = os.path.normpath(mount.root.rstrip("/") + "/" + below) if below else mount.root
     if mount.fstype in NETWORK_FSTYPES:
         source = mount.source.rstrip("/") or "/"
         return f"{mount.fstype.removesuffix('4')}:{source}:{inner}"
@@ -114,20 +128,33 @@ def _block_device_identity(real_path: str, rdev: int) -> str:
     return f"blk:{major}:{minor}"
 
 
+def disk_identities(paths: list[str], mountinfo_path: str = MOUNTINFO_PATH) -> list[str]:
+    """The identity strings of several disks (see the module docstring); mountinfo is read
+    once for all of them."""
+    by_device: dict[str, list[Mount]] | None = None
+    out = []
+    for path in paths:
+        real = os.path.realpath(path)
+        try:
+            st = os.stat(real)
+        except OSError:
+            out.append(f"path:{os.path.normpath(os.path.abspath(path))}")
+            continue
+        if stat.S_ISBLK(st.st_mode):
+            out.append(_block_device_identity(real, st.st_rdev))
+            continue
+        if by_device is None:
+            with open(mountinfo_path, encoding="utf-8") as f:
+                by_device = _parse_cached(f.read())
+        device = f"{os.major(st.st_dev)}:{os.minor(st.st_dev)}"
+        mount = find_mount(by_device.get(device, []), real)
+        out.append(f"path:{real}" if mount is None else identity_in_mount(mount, real))
+    return out
+
+
 def disk_identity(path: str, mountinfo_path: str = MOUNTINFO_PATH) -> str:
     """The identity string of the disk at `path` (see the module docstring)."""
-    real = os.path.realpath(path)
-    try:
-        st = os.stat(real)
-    except OSError:
-        return f"path:{os.path.normpath(os.path.abspath(path))}"
-    if stat.S_ISBLK(st.st_mode):
-        return _block_device_identity(real, st.st_rdev)
-    with open(mountinfo_path, encoding="utf-8") as f:
-        mount = find_mount(parse_mountinfo(f.read()), real)
-    if mount is None:
-        return f"path:{real}"
-    return identity_in_mount(mount, real)
+    return disk_identities([path], mountinfo_path)[0]
 
 
 def _digest(kind: str, identity: str) -> str:

@@ -89,9 +89,15 @@ class Locker:
         except LockBusy as err:
             holder = self._holder_of(owner, want, lkid)
             self.backend.unlock(lkid)
-            log.info("%s:%s acquire %s for %s: refused, %s (%s)", self.ls, want.resource,
-                     want.mode.name, owner.describe(), holder.describe() if holder else
-                     "holder unknown", want.label)
+            log.info(
+                "%s:%s acquire %s for %s: refused, %s (%s)",
+                self.ls,
+                want.resource,
+                want.mode.name,
+                owner.describe(),
+                holder.describe() if holder else "holder unknown",
+                want.label,
+            )
             raise Busy(want.kind, want.label, holder) from err
         except BaseException:
             self.backend.unlock(lkid)
@@ -99,8 +105,14 @@ class Locker:
         held = HeldLock(want.resource, want.kind, want.label, want.mode, lkid)
         if want.mode == Mode.EX:
             self._publish(owner, held)
-        log.info("%s:%s acquire %s for %s: granted (%s)", self.ls, want.resource,
-                 want.mode.name, owner.describe(), want.label)
+        log.info(
+            "%s:%s acquire %s for %s: granted (%s)",
+            self.ls,
+            want.resource,
+            want.mode.name,
+            owner.describe(),
+            want.label,
+        )
         return held
 
     def _convert(self, owner: Owner, held: HeldLock, mode: Mode, label: str) -> None:
@@ -114,8 +126,14 @@ class Locker:
         held.mode = mode
         if mode == Mode.EX:
             self._publish(owner, held)
-        log.info("%s:%s convert to %s for %s: granted (%s)", self.ls, held.resource,
-                 mode.name, owner.describe(), label)
+        log.info(
+            "%s:%s convert to %s for %s: granted (%s)",
+            self.ls,
+            held.resource,
+            mode.name,
+            owner.describe(),
+            label,
+        )
 
     def _publish(self, owner: Owner, held: HeldLock) -> None:
         lvb = encode_holder(held.mode, self.backend.node_id, self.node_name, owner.name)
@@ -164,12 +182,24 @@ class Locker:
                 self.backend.convert(held.lkid, Mode.NL, LockFlags.NONE)
             self.backend.unlock(held.lkid)
         except BackendError as err:
-            log.error("%s:%s release %s for %s failed: %s; the lock may stay granted until "
-                      "virtdlmd restarts and purges it", self.ls, held.resource,
-                      held.mode.name, owner.describe(), err)
+            log.error(
+                "%s:%s release %s for %s failed: %s; the lock may stay granted until "
+                "virtdlmd restarts and purges it",
+                self.ls,
+                held.resource,
+                held.mode.name,
+                owner.describe(),
+                err,
+            )
             return
-        log.info("%s:%s release %s for %s (%s)", self.ls, held.resource, held.mode.name,
-                 owner.describe(), held.label)
+        log.info(
+            "%s:%s release %s for %s (%s)",
+            self.ls,
+            held.resource,
+            held.mode.name,
+            owner.describe(),
+            held.label,
+        )
 
     # -- restart ------------------------------------------------------------------------
 
@@ -180,14 +210,26 @@ class Locker:
             try:
                 held.lkid = self.backend.adopt(resource, held.mode, LockFlags.PERSISTENT)
             except (OrphanNotFound, LockBusy) as err:
-                log.error("%s:%s adopt %s for %s: %s; the lock is no longer held",
-                          self.ls, resource, held.mode.name, owner.describe(), err)
+                log.error(
+                    "%s:%s adopt %s for %s: %s; the lock is no longer held",
+                    self.ls,
+                    resource,
+                    held.mode.name,
+                    owner.describe(),
+                    err,
+                )
                 owner.locks.pop(resource)
                 lost.append(held.label)
                 continue
             self._note(owner, held)
-            log.info("%s:%s adopt %s for %s (%s)", self.ls, resource, held.mode.name,
-                     owner.describe(), held.label)
+            log.info(
+                "%s:%s adopt %s for %s (%s)",
+                self.ls,
+                resource,
+                held.mode.name,
+                owner.describe(),
+                held.label,
+            )
         return lost
 
     def purge(self) -> None:

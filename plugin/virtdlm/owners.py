@@ -50,8 +50,12 @@ class HeldLock:
     lkid: int = 0
 
     def to_json(self) -> dict[str, Any]:
-        return {"resource": self.resource, "kind": self.kind, "label": self.label,
-                "mode": self.mode.name}
+        return {
+            "resource": self.resource,
+            "kind": self.kind,
+            "label": self.label,
+            "mode": self.mode.name,
+        }
 
 
 @dataclass
@@ -115,8 +119,12 @@ class StateStore:
             self.forget(owner)
             return
         tmp = f"{path}.tmp"
-        with open(tmp, "w", encoding="utf-8") as f:
-            json.dump(owner.to_json(), f, separators=(",", ":"))
+        data = json.dumps(owner.to_json(), separators=(",", ":")).encode()
+        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC, 0o600)
+        try:
+            os.write(fd, data)
+        finally:
+            os.close(fd)
         os.replace(tmp, path)
 
     def forget(self, owner: Owner) -> None:

@@ -37,10 +37,10 @@ from .errors import (
     Timeout,
     VirtDlmError,
 )
-from .identity import disk_identity, disk_resource_name, lease_resource_name
+from .identity import disk_identities, disk_resource_name, lease_resource_name
 from .locker import Locker, Want
 from .owners import Owner, StateStore, process_alive, process_start_time
-from .protocol import DiskSpec, LeaseSpec, Request
+from .protocol import DiskSpec, LeaseSpec, Request, ResourceSpec
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
@@ -58,6 +58,22 @@ def peer_credentials(sock: socket.socket) -> tuple[int, int, int]:
     raw = sock.getsockopt(socket.SOL_SOCKET, socket.SO_PEERCRED, _PEERCRED.size)
     pid, uid, gid = _PEERCRED.unpack(raw)
     return pid, uid, gid
+
+
+SD_LISTEN_FDS_START = 3
+
+
+def activation_socket() -> socket.socket | None:
+    """The listening socket systemd passed (virtdlmd.socket), if started that way."""
+    if os.environ.get("LISTEN_PID") != str(os.getpid()):
+        return None
+    if int(os.environ.get("LISTEN_FDS", "0")) < 1:
+        return None
+    for key in ("LISTEN_PID", "LISTEN_FDS", "LISTEN_FDNAMES"):
+        os.environ.pop(key, None)
+    sock = socket.socket(fileno=SD_LISTEN_FDS_START)
+    os.set_inheritable(sock.fileno(), False)
+    return sock
 
 
 def peer_allowed(uid: int, gid: int, allowed_gid: int | None) -> bool:
@@ -86,6 +102,7 @@ class Daemon:
         self._conns: set[asyncio.Task[None]] = set()
         self._server: asyncio.AbstractServer | None = None
         self._stopping = False
+        self._activated = False
         self._started = time.monotonic()
         self.locker: Locker | None = None
         self.store = StateStore(config.state_dir)
@@ -94,6 +111,10 @@ class Daemon:
     # -- worker thread --------------------------------------------------------------------
 
     async def _work(self, fn: Callable[..., T], *args: Any) -> T:
+        """Run backend work: on the worker thread, or inline for a backend that never
+        blocks (the in-process model), which saves two thread switches per request."""
+        if self.locker is not None and not self.locker.backend.blocking:
+            return fn(*args)
         loop = asyncio.get_running_loop()
         future = loop.run_in_executor(self._executor, fn, *args)
         try:
@@ -111,23 +132,40 @@ class Daemon:
         backend = await self._work(self._backend_factory)
         self.locker = Locker(backend, self.config.effective_node_name)
         await self._recover()
-        sock_dir = os.path.dirname(self.config.socket_path)
-        os.makedirs(sock_dir, mode=0o755, exist_ok=True)
-        with contextlib.suppress(FileNotFoundError):
-            os.unlink(self.config.socket_path)
-        old = os.umask(0o177)  # the socket is born 0600: never chmod after bind
-        try:
+        activated = activation_socket()
+        if activated is not None:
+            self._activated = True
             self._server = await asyncio.start_unix_server(
-                self._on_connect, path=self.config.socket_path, limit=protocol.MAX_FRAME_BYTES
+                self._on_connect, sock=activated, limit=protocol.MAX_FRAME_BYTES
             )
-        finally:
-            os.umask(old)
+        else:
+            sock_dir = os.path.dirname(self.config.socket_path)
+            os.makedirs(sock_dir, mode=0o755, exist_ok=True)
+            with contextlib.suppress(FileNotFoundError):
+                os.unlink(self.config.socket_path)
+            old = os.umask(0o177)  # the socket is born 0600: never chmod after bind
+            try:
+                self._server = await asyncio.start_unix_server(
+                    self._on_connect,
+                    path=self.config.socket_path,
+                    limit=protocol.MAX_FRAME_BYTES,
+                )
+            finally:
+                os.umask(old)
         if not backend.cluster:
-            log.warning("backend %s is a single-host model, NOT a cluster lock: use it for "
-                        "tests and trials only", backend.name)
-        log.info("serving on %s: backend %s, lockspace %s, node %s (id %d)",
-                 self.config.socket_path, backend.name, backend.lockspace,
-                 self.locker.node_name, backend.node_id)
+            log.warning(
+                "backend %s is a single-host model, NOT a cluster lock: use it for "
+                "tests and trials only",
+                backend.name,
+            )
+        log.info(
+            "serving on %s: backend %s, lockspace %s, node %s (id %d)",
+            self.config.socket_path,
+            backend.name,
+            backend.lockspace,
+            self.locker.node_name,
+            backend.node_id,
+        )
 
     async def serve_forever(self) -> None:
         assert self._server is not None
@@ -154,29 +192,40 @@ class Daemon:
         if self.locker is not None:
             await self._work(self.locker.backend.close)
         self._executor.shutdown(wait=True)
-        with contextlib.suppress(FileNotFoundError):
-            os.unlink(self.config.socket_path)
-        log.info("stopped; %d locks of %d owners stay held for the next start",
-                 self.locker.lock_count() if self.locker else 0, len(self._owners))
+        if not self._activated:  # systemd owns an activated socket's path
+            with contextlib.suppress(FileNotFoundError):
+                os.unlink(self.config.socket_path)
+        log.info(
+            "stopped; %d locks of %d owners stay held for the next start",
+            self.locker.lock_count() if self.locker else 0,
+            len(self._owners),
+        )
 
     async def _recover(self) -> None:
         """Adopt the locks of recorded owners whose QEMU still runs; purge the rest."""
         assert self.locker is not None
         for owner in self.store.load():
             if not process_alive(owner.pid, owner.start_time):
-                log.info("owner %s is gone since the last run; its %d locks will be purged",
-                         owner.describe(), len(owner.locks))
+                log.info(
+                    "owner %s is gone since the last run; its %d locks will be purged",
+                    owner.describe(),
+                    len(owner.locks),
+                )
                 self.store.forget(owner)
                 continue
             lost = await self._work(self.locker.adopt, owner)
             if lost:
-                log.error("owner %s lost %s while virtdlmd was down", owner.describe(),
-                          ", ".join(lost))
+                log.error(
+                    "owner %s lost %s while virtdlmd was down", owner.describe(), ", ".join(lost)
+                )
             self._owners[owner.key] = owner
             self.store.save(owner)
             self._watch(owner)
-            log.info("owner %s re-adopted with %d locks; watched by pidfd", owner.describe(),
-                     len(owner.locks))
+            log.info(
+                "owner %s re-adopted with %d locks; watched by pidfd",
+                owner.describe(),
+                len(owner.locks),
+            )
         if self.config.purge_orphans:
             await self._work(self.locker.purge)
 
@@ -239,35 +288,51 @@ class Daemon:
 
     # -- requests -------------------------------------------------------------------------
 
-    async def _wants(self, request: Request) -> list[Want]:
-        """Map the request's resources to the locks they need (readonly disks need none)."""
-        wants: list[Want] = []
+    def _check_policy(self, request: Request) -> None:
         has_lease = any(isinstance(r, LeaseSpec) for r in request.resources)
-        rw_disks = [r for r in request.resources
-                    if isinstance(r, DiskSpec) and not r.readonly and not r.shared]
-        if rw_disks and not has_lease and not self.config.auto_disk_leases \
-                and self.config.lease_required and request.op == "acquire":
+        rw_disks = [
+            r
+            for r in request.resources
+            if isinstance(r, DiskSpec) and not r.readonly and not r.shared
+        ]
+        if (
+            rw_disks
+            and not has_lease
+            and not self.config.auto_disk_leases
+            and self.config.lease_required
+        ):
             raise PolicyError(
                 f"disk {rw_disks[0].path} is read/write and exclusive but the domain has no "
                 "<lease>, and require_lease_for_disks = 1 (qemu-dlm.conf)"
             )
-        loop = asyncio.get_running_loop()
-        for r in request.resources:
-            if isinstance(r, LeaseSpec):
-                name = lease_resource_name(r.lockspace, r.key)
-                label = f"{r.lockspace}/{r.key}" if r.lockspace else r.key
-                wants.append(Want(name, "lease", label, Mode.EX))
-                continue
-            if r.readonly or not self.config.auto_disk_leases:
-                continue
+
+    async def _wants(self, resources: tuple[ResourceSpec, ...]) -> list[Want]:
+        """Map resources to the locks they need (readonly disks need none)."""
+        wants: list[Want] = []
+        disks = [
+            r
+            for r in resources
+            if isinstance(r, DiskSpec) and not r.readonly and self.config.auto_disk_leases
+        ]
+        idents: list[str] = []
+        if disks:
+            loop = asyncio.get_running_loop()
+            paths = [d.path for d in disks]
             try:
                 async with asyncio.timeout(IDENTITY_TIMEOUT_S):
-                    ident = await loop.run_in_executor(None, disk_identity, r.path)
+                    idents = await loop.run_in_executor(None, disk_identities, paths)
             except TimeoutError as err:
-                raise Timeout(f"disk {r.path}: resolving its identity took over "
-                              f"{IDENTITY_TIMEOUT_S:.0f} s (hung storage?)") from err
-            wants.append(Want(disk_resource_name(ident), "disk", r.path,
-                              Mode.PR if r.shared else Mode.EX))
+                raise Timeout(
+                    f"disks {', '.join(paths)}: resolving their identity took over "
+                    f"{IDENTITY_TIMEOUT_S:.0f} s (hung storage?)"
+                ) from err
+        for d, ident in zip(disks, idents, strict=True):
+            mode = Mode.PR if d.shared else Mode.EX
+            wants.append(Want(disk_resource_name(ident), "disk", d.path, mode))
+        for r in resources:
+            if isinstance(r, LeaseSpec):
+                name = lease_resource_name(r.lockspace, r.key)
+                wants.append(Want(name, "lease", _lease_label(r), Mode.EX))
         return wants
 
     async def handle(self, request: Request, peer_pid: int, conn: _Conn) -> dict[str, Any]:
@@ -281,8 +346,7 @@ class Daemon:
         spec = request.owner
         if request.op == "register":
             if spec.pid != peer_pid:
-                raise Denied(f"register: claimed pid {spec.pid} is not the caller's pid "
-                             f"{peer_pid}")
+                raise Denied(f"register: claimed pid {spec.pid} is not the caller's pid {peer_pid}")
             async with self._decide:
                 owner = await self._owner_for(spec, create=True)
             assert owner is not None
@@ -292,7 +356,9 @@ class Daemon:
             return protocol.ok_reply()
         if request.op == "inquire":
             return protocol.ok_reply(state="")
-        wants = await self._wants(request)
+        if request.op == "acquire":
+            self._check_policy(request)
+            wants = await self._wants(request.resources)
         async with self._decide:
             owner = await self._owner_for(spec, create=request.op == "acquire")
             if owner is None:
@@ -300,20 +366,27 @@ class Daemon:
             if request.op == "acquire":
                 await self._work(self.locker.acquire, owner, wants)
             else:
-                names = None if not request.resources else self._release_names(owner, request, wants)
+                names = await self._release_names(owner, request.resources)
                 await self._work(self.locker.release, owner, names)
             self.store.save(owner)
         return protocol.ok_reply()
 
-    @staticmethod
-    def _release_names(owner: Owner, request: Request, wants: list[Want]) -> list[str]:
+    async def _release_names(
+        self, owner: Owner, resources: tuple[ResourceSpec, ...]
+    ) -> list[str] | None:
+        """The held resources a release names: by the path libvirt gave at acquire, else by
+        identity (another path to the same image). None = everything."""
+        if not resources:
+            return None
         by_label = {held.label: name for name, held in owner.locks.items()}
-        names = {w.resource for w in wants}
-        for r in request.resources:
-            label = r.path if isinstance(r, DiskSpec) else (
-                f"{r.lockspace}/{r.key}" if r.lockspace else r.key)
+        names, unknown = set(), []
+        for r in resources:
+            label = r.path if isinstance(r, DiskSpec) else _lease_label(r)
             if label in by_label:
                 names.add(by_label[label])
+            else:
+                unknown.append(r)
+        names.update(w.resource for w in await self._wants(tuple(unknown)))
         return sorted(names)
 
     def status(self) -> dict[str, Any]:
@@ -341,11 +414,18 @@ class Daemon:
         out = []
         for owner in self._owners.values():
             for held in owner.locks.values():
-                out.append({
-                    "resource": held.resource, "kind": held.kind, "path": held.label,
-                    "mode": held.mode.name, "domain": owner.name, "uuid": owner.uuid,
-                    "pid": owner.pid, "node": self.locker.node_name,
-                })
+                out.append(
+                    {
+                        "resource": held.resource,
+                        "kind": held.kind,
+                        "path": held.label,
+                        "mode": held.mode.name,
+                        "domain": owner.name,
+                        "uuid": owner.uuid,
+                        "pid": owner.pid,
+                        "node": self.locker.node_name,
+                    }
+                )
         return sorted(out, key=lambda x: (x["path"], x["domain"]))
 
     # -- connections ----------------------------------------------------------------------
@@ -367,8 +447,9 @@ class Daemon:
 class _Conn:
     """One client connection: authenticated once, then request/reply until EOF."""
 
-    def __init__(self, daemon: Daemon, reader: asyncio.StreamReader,
-                 writer: asyncio.StreamWriter) -> None:
+    def __init__(
+        self, daemon: Daemon, reader: asyncio.StreamReader, writer: asyncio.StreamWriter
+    ) -> None:
         self.daemon = daemon
         self.reader = reader
         self.writer = writer
@@ -422,15 +503,20 @@ class _Conn:
         except asyncio.IncompleteReadError as err:
             raise ProtocolError(f"truncated frame: {len(err.partial)} of {length} bytes") from err
         except TimeoutError as err:
-            raise ProtocolError(f"frame body of {length} bytes not received in "
-                                f"{FRAME_TIMEOUT_S:.0f} s") from err
+            raise ProtocolError(
+                f"frame body of {length} bytes not received in {FRAME_TIMEOUT_S:.0f} s"
+            ) from err
         return protocol.decode_body(body)
 
     async def _serve(self) -> None:
         d = self.daemon
         if not peer_allowed(self.uid, self.gid, d.allowed_gid):
-            await self._refuse(Denied(f"uid {self.uid} may not use virtdlmd (root only"
-                                      f"{', or group ' + d.config.allowed_group if d.config.allowed_group else ''})"))
+            await self._refuse(
+                Denied(
+                    f"uid {self.uid} may not use virtdlmd (root only"
+                    f"{', or group ' + d.config.allowed_group if d.config.allowed_group else ''})"
+                )
+            )
             return
         if d.connection_count > MAX_CLIENTS:
             await self._refuse(ShuttingDown(f"too many clients ({MAX_CLIENTS}); retry later"))
@@ -444,8 +530,12 @@ class _Conn:
             if message is None:
                 return
             if self.restricted:
-                await self._refuse(Restricted("this registration connection is restricted: "
-                                              "it may send no further requests"))
+                await self._refuse(
+                    Restricted(
+                        "this registration connection is restricted: "
+                        "it may send no further requests"
+                    )
+                )
                 self.registration = None  # the pidfd keeps watching the owner
                 return
             try:
@@ -459,6 +549,10 @@ class _Conn:
                     self.log.warning("%s %s: %s", message.get("op"), _who(message), err)
                 reply = protocol.error_reply(err)
             await self._send(reply)
+
+
+def _lease_label(lease: LeaseSpec) -> str:
+    return f"{lease.lockspace}/{lease.key}" if lease.lockspace else lease.key
 
 
 def _who(message: dict[str, Any]) -> str:

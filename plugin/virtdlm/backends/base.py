@@ -78,6 +78,7 @@ class LockBackend(Protocol):
 
     name: str  # "libdlm" or "model"
     cluster: bool  # True only for a real cluster-wide DLM
+    blocking: bool  # calls may block (I/O, a kernel wait): keep them off the event loop
     lockspace: str
     node_id: int
 

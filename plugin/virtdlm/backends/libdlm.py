@@ -65,6 +65,7 @@ class LibDlmBackend:
 
     name = "libdlm"
     cluster = True
+    blocking = True
 
     def __init__(self, lockspace: str) -> None:
         try:
@@ -91,7 +92,9 @@ class LibDlmBackend:
         # A real, no-op completion callback for dlm_ls_lockx (adoption): ORPHAN requests
         # cannot use dlm_ls_lock_wait, and a NULL AST would never complete.
         self._noop_ast = self._ffi.callback("void(void *)", lambda _arg: None)
-        self._lksbs: dict[int, Any] = {}  # lkid -> (lksb, lvb buffer); kept alive while held
+        self._lksbs: dict[
+            int, tuple[Any, Any]
+        ] = {}  # lkid -> (lksb, lvb buffer); kept alive while held
 
     def _open_lockspace(self, name: str) -> Any:
         cname = name.encode()
@@ -117,12 +120,18 @@ class LibDlmBackend:
         return ls
 
     def _new_lksb(self, lvb: bytes | None) -> tuple[Any, Any]:
-        lksb = self._ffi.new("struct dlm_lksb *")
+        lksb: Any = self._ffi.new("struct dlm_lksb *")
         buf = self._ffi.new("char[]", LVB_BYTES)
         if lvb is not None:
             self._ffi.memmove(buf, lvb, LVB_BYTES)
         lksb.sb_lvbptr = buf
         return lksb, buf
+
+    def _held(self, lkid: int) -> tuple[Any, Any]:
+        held = self._lksbs.get(lkid)
+        if held is None:
+            raise BackendError(f"{self.lockspace}: lock id {lkid:x} is not held", errno.EINVAL)
+        return held
 
     def _fail(self, what: str, err: int) -> BackendError:
         if err == errno.EAGAIN:
@@ -153,38 +162,61 @@ class LibDlmBackend:
         lksb, buf = self._new_lksb(lvb)
         started = time.monotonic()
         rv = self._lib.dlm_ls_lock_wait(
-            self._ls, int(mode), lksb, int(flags), raw, len(raw), 0,
-            self._ffi.NULL, self._ffi.NULL, self._ffi.NULL,
+            self._ls,
+            int(mode),
+            lksb,
+            int(flags),
+            raw,
+            len(raw),
+            0,
+            self._ffi.NULL,
+            self._ffi.NULL,
+            self._ffi.NULL,
         )
         self._result(f"{resource} lock {mode.name}", rv, lksb)
         lkid = int(lksb.sb_lkid)
         self._lksbs[lkid] = (lksb, buf)
-        log.debug("%s:%s lock %s lkid %x in %.6f s", self.lockspace, resource, mode.name, lkid,
-                  time.monotonic() - started)
+        log.debug(
+            "%s:%s lock %s lkid %x in %.6f s",
+            self.lockspace,
+            resource,
+            mode.name,
+            lkid,
+            time.monotonic() - started,
+        )
         return lkid, (bytes(self._ffi.buffer(buf, LVB_BYTES)) if flags & LockFlags.VALBLK else None)
 
     def convert(
         self, lkid: int, mode: Mode, flags: LockFlags, lvb: bytes | None = None
     ) -> bytes | None:
-        lksb, buf = self._lksbs.get(lkid) or (None, None)
-        if lksb is None:
-            raise BackendError(f"{self.lockspace}: lock id {lkid:x} is not held", errno.EINVAL)
+        lksb, buf = self._held(lkid)
         if lvb is not None:
             self._ffi.memmove(buf, lvb, LVB_BYTES)
         started = time.monotonic()
         rv = self._lib.dlm_ls_lock_wait(
-            self._ls, int(mode), lksb, int(flags | LockFlags.CONVERT), self._ffi.NULL, 0, 0,
-            self._ffi.NULL, self._ffi.NULL, self._ffi.NULL,
+            self._ls,
+            int(mode),
+            lksb,
+            int(flags | LockFlags.CONVERT),
+            self._ffi.NULL,
+            0,
+            0,
+            self._ffi.NULL,
+            self._ffi.NULL,
+            self._ffi.NULL,
         )
         self._result(f"lkid {lkid:x} convert {mode.name}", rv, lksb)
-        log.debug("%s: lkid %x convert %s in %.6f s", self.lockspace, lkid, mode.name,
-                  time.monotonic() - started)
+        log.debug(
+            "%s: lkid %x convert %s in %.6f s",
+            self.lockspace,
+            lkid,
+            mode.name,
+            time.monotonic() - started,
+        )
         return bytes(self._ffi.buffer(buf, LVB_BYTES)) if flags & LockFlags.VALBLK else None
 
     def unlock(self, lkid: int) -> None:
-        lksb, _buf = self._lksbs.get(lkid) or (None, None)
-        if lksb is None:
-            raise BackendError(f"{self.lockspace}: lock id {lkid:x} is not held", errno.EINVAL)
+        lksb, _buf = self._held(lkid)
         rv = self._lib.dlm_ls_unlock_wait(self._ls, lkid, 0, lksb)
         self._result(f"lkid {lkid:x} unlock", rv, lksb)
         del self._lksbs[lkid]
@@ -193,9 +225,18 @@ class LibDlmBackend:
         raw = self._check_name(resource)
         lksb, buf = self._new_lksb(None)
         rv = self._lib.dlm_ls_lockx(
-            self._ls, int(mode), lksb, int(flags | LockFlags.ORPHAN | LockFlags.PERSISTENT),
-            raw, len(raw), 0, self._noop_ast, self._ffi.NULL, self._ffi.NULL,
-            self._ffi.NULL, self._ffi.NULL,
+            self._ls,
+            int(mode),
+            lksb,
+            int(flags | LockFlags.ORPHAN | LockFlags.PERSISTENT),
+            raw,
+            len(raw),
+            0,
+            self._noop_ast,
+            self._ffi.NULL,
+            self._ffi.NULL,
+            self._ffi.NULL,
+            self._ffi.NULL,
         )
         if rv != 0:
             raise self._fail(f"{resource} adopt {mode.name}", self._ffi.errno or errno.EIO)

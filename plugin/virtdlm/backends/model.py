@@ -68,9 +68,7 @@ class ModelDlm:
             raise BackendError(f"{self.lockspace}: model session {sid} is closed", errno.EBADF)
 
     def _conflicts(self, res: _Resource, mode: Mode, skip: int | None) -> bool:
-        return any(
-            not compatible(lk.mode, mode) for lk in res.locks.values() if lk.lkid != skip
-        )
+        return any(not compatible(lk.mode, mode) for lk in res.locks.values() if lk.lkid != skip)
 
     @staticmethod
     def _check_lvb(lvb: bytes | None) -> None:
@@ -94,7 +92,9 @@ class ModelDlm:
                 raise BackendError(
                     f"{name}: the model does not queue requests; use NOQUEUE", errno.EINVAL
                 )
-            lk = _Lock(next(self._lkids), name, node_id, sid, mode, bool(flags & LockFlags.PERSISTENT))
+            lk = _Lock(
+                next(self._lkids), name, node_id, sid, mode, bool(flags & LockFlags.PERSISTENT)
+            )
             res.locks[lk.lkid] = lk
             self._resources[name] = res
             self._locks[lk.lkid] = lk
@@ -118,7 +118,9 @@ class ModelDlm:
             res = self._resources[lk.resource]
             if self._conflicts(res, mode, lkid):
                 if flags & LockFlags.NOQUEUE:
-                    raise LockBusy(f"{self.lockspace}:{lk.resource} convert {lk.mode.name}->{mode.name}")
+                    raise LockBusy(
+                        f"{self.lockspace}:{lk.resource} convert {lk.mode.name}->{mode.name}"
+                    )
                 raise BackendError(
                     f"{lk.resource}: the model does not queue converts; use NOQUEUE", errno.EINVAL
                 )
@@ -200,6 +202,7 @@ class ModelBackend:
 
     name = "model"
     cluster = False
+    blocking = False
 
     def __init__(self, dlm: ModelDlm, sid: int, node_id: int) -> None:
         self._dlm = dlm
@@ -221,7 +224,7 @@ class ModelBackend:
         self._dlm.unlock(self._sid, lkid)
 
     def adopt(self, resource: str, mode: Mode, flags: LockFlags) -> int:
-        return self._dlm.adopt(self._sid, self.node_id, resource, mode, flags)
+        return self._dlm.adopt(self._sid, self.node_id, resource, mode, flags | LockFlags.ORPHAN)
 
     def purge(self) -> None:
         self._dlm.purge(self._sid, self.node_id)

@@ -94,13 +94,18 @@ class _Handler(socketserver.BaseRequestHandler):
                 )
                 return {"ok": True, "lkid": lkid, "lvb": _lvb_out(lvb)}
             if op == "convert":
-                lvb = session.convert(req["lkid"], Mode(req["mode"]), flags, _lvb_in(req.get("lvb")))
+                lvb = session.convert(
+                    req["lkid"], Mode(req["mode"]), flags, _lvb_in(req.get("lvb"))
+                )
                 return {"ok": True, "lvb": _lvb_out(lvb)}
             if op == "unlock":
                 session.unlock(req["lkid"])
                 return {"ok": True}
             if op == "adopt":
-                return {"ok": True, "lkid": session.adopt(req["resource"], Mode(req["mode"]), flags)}
+                return {
+                    "ok": True,
+                    "lkid": session.adopt(req["resource"], Mode(req["mode"]), flags),
+                }
             if op == "purge":
                 session.purge()
                 return {"ok": True}
@@ -134,6 +139,7 @@ class RemoteModelBackend:
 
     name = "model"
     cluster = False
+    blocking = True
 
     def __init__(self, path: str, node_id: int, lockspace: str = "libvirt") -> None:
         self.node_id = node_id
@@ -173,12 +179,16 @@ class RemoteModelBackend:
             raise LockBusy(message)
         if kind == "orphan":
             raise OrphanNotFound(message)
-        raise BackendError(message, int(reply.get("errno", 0)))
+        failure = BackendError(message)  # the server's message already names the errno
+        failure.errno = int(reply.get("errno", 0))
+        raise failure
 
     def lock(
         self, resource: str, mode: Mode, flags: LockFlags, lvb: bytes | None = None
     ) -> tuple[int, bytes | None]:
-        r = self._call(op="lock", resource=resource, mode=int(mode), flags=int(flags), lvb=_lvb_out(lvb))
+        r = self._call(
+            op="lock", resource=resource, mode=int(mode), flags=int(flags), lvb=_lvb_out(lvb)
+        )
         return int(r["lkid"]), _lvb_in(r.get("lvb"))
 
     def convert(
@@ -191,7 +201,9 @@ class RemoteModelBackend:
         self._call(op="unlock", lkid=lkid)
 
     def adopt(self, resource: str, mode: Mode, flags: LockFlags) -> int:
-        return int(self._call(op="adopt", resource=resource, mode=int(mode), flags=int(flags))["lkid"])
+        return int(
+            self._call(op="adopt", resource=resource, mode=int(mode), flags=int(flags))["lkid"]
+        )
 
     def purge(self) -> None:
         self._call(op="purge")

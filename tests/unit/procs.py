@@ -1,0 +1,216 @@
+"""Real processes for unit tests: a model server, a daemon, and stand-ins for QEMU.
+
+Everything started here is stopped by pid at teardown; nothing outlives a test.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import signal
+import subprocess
+import sys
+import uuid as uuid_mod
+from dataclasses import dataclass, field
+from typing import Any
+
+from lab.wait import wait_for
+
+from virtdlm.client import Client
+
+PY = sys.executable
+START_TIMEOUT_S = 15.0
+STOP_TIMEOUT_S = 10.0
+FAKE_QEMU = os.path.join(os.path.dirname(__file__), "fake_qemu.py")
+
+
+def _env() -> dict[str, str]:
+    env = dict(os.environ)
+    root = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+    env["PYTHONPATH"] = os.path.join(root, "plugin") + os.pathsep + root
+    return env
+
+
+def _reap(proc: subprocess.Popen[bytes], sig: int = signal.SIGTERM) -> None:
+    if proc.poll() is None:
+        with contextlib.suppress(ProcessLookupError):
+            proc.send_signal(sig)
+        try:
+            proc.wait(STOP_TIMEOUT_S)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait(STOP_TIMEOUT_S)
+
+
+def _socket_answers(path: str) -> bool:
+    import socket
+
+    with socket.socket(socket.AF_UNIX) as s:
+        try:
+            s.connect(path)
+        except OSError:
+            return False
+    return True
+
+
+@dataclass
+class ModelServerProc:
+    socket: str
+    proc: subprocess.Popen[bytes]
+
+    @classmethod
+    def start(cls, directory: str) -> ModelServerProc:
+        path = os.path.join(directory, "model.sock")
+        with open(os.path.join(directory, "model.log"), "wb") as log:
+            proc = subprocess.Popen(
+                [PY, "-m", "virtdlm.backends.model_server", "--socket", path],
+                env=_env(),
+                stderr=log,
+            )
+        wait_for(
+            lambda: proc.poll() is not None or _socket_answers(path),
+            START_TIMEOUT_S,
+            what=f"model server socket {path}",
+        )
+        assert proc.poll() is None, "model server exited at start"
+        return cls(path, proc)
+
+    def stop(self) -> None:
+        _reap(self.proc)
+
+
+@dataclass
+class DaemonProc:
+    directory: str
+    config: dict[str, Any]
+    proc: subprocess.Popen[bytes] | None = None
+    log_path: str = ""
+    runs: int = 0
+
+    @property
+    def socket(self) -> str:
+        return str(self.config["socket_path"])
+
+    def write_config(self) -> str:
+        path = os.path.join(self.directory, "qemu-dlm.conf")
+        with open(path, "w", encoding="utf-8") as f:
+            for key, value in self.config.items():
+                f.write(f"{key} = {json.dumps(value) if isinstance(value, str) else int(value)}\n")
+        return path
+
+    def start(self) -> DaemonProc:
+        self.runs += 1
+        self.log_path = os.path.join(self.directory, f"virtdlmd.{self.runs}.log")
+        with open(self.log_path, "wb") as log:
+            self.proc = subprocess.Popen(
+                [
+                    PY,
+                    "-m",
+                    "virtdlm.daemon",
+                    "--config",
+                    self.write_config(),
+                    "--log-level",
+                    "DEBUG",
+                ],
+                env=_env(),
+                stderr=log,
+            )
+        proc = self.proc
+        wait_for(
+            lambda: proc.poll() is not None or self.answers(),
+            START_TIMEOUT_S,
+            what=f"virtdlmd socket {self.socket}",
+        )
+        assert proc.poll() is None, f"virtdlmd exited at start: {self.log()}"
+        return self
+
+    def answers(self) -> bool:
+        try:
+            with Client(self.socket, timeout_s=2) as c:
+                return bool(c.request({"v": 1, "op": "status"})["ok"])
+        except Exception:
+            return False
+
+    def kill9(self) -> None:
+        assert self.proc is not None
+        self.proc.kill()
+        self.proc.wait(STOP_TIMEOUT_S)
+
+    def stop(self) -> None:
+        if self.proc is not None:
+            _reap(self.proc)
+
+    def log(self) -> str:
+        with open(self.log_path, encoding="utf-8", errors="replace") as f:
+            return f.read()
+
+    def call(self, message: dict[str, Any]) -> dict[str, Any]:
+        with Client(self.socket) as c:
+            return c.raw(message)
+
+    def locks(self) -> list[dict[str, Any]]:
+        reply = self.call({"v": 1, "op": "locks"})
+        assert reply["ok"], reply
+        return list(reply["locks"])
+
+
+@dataclass
+class FakeQemu:
+    """A process that registers itself like libvirt's pre-exec child, then idles like QEMU."""
+
+    uuid: str
+    name: str
+    proc: subprocess.Popen[bytes]
+    disks: list[dict[str, Any]] = field(default_factory=list)
+
+    @classmethod
+    def start(
+        cls,
+        socket_path: str,
+        name: str,
+        disks: list[dict[str, Any]],
+        register: bool = True,
+        restrict: bool = True,
+    ) -> FakeQemu:
+        uid = str(uuid_mod.uuid4())
+        proc = subprocess.Popen(
+            [
+                PY,
+                FAKE_QEMU,
+                socket_path,
+                uid,
+                name,
+                json.dumps(disks),
+                "register" if register else "idle",
+                "restrict" if restrict else "open",
+            ],
+            env=_env(),
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+        )
+        assert proc.stdout is not None
+        line = proc.stdout.readline().decode().strip()
+        if line != "ready":
+            _reap(proc, signal.SIGKILL)
+            raise AssertionError(f"fake qemu {name}: {line} {proc.stderr.read().decode()}")
+        return cls(uid, name, proc, disks)
+
+    @property
+    def pid(self) -> int:
+        return self.proc.pid
+
+    @property
+    def owner(self) -> dict[str, Any]:
+        return {"uuid": self.uuid, "name": self.name, "id": 1, "pid": self.pid}
+
+    def acquire_message(self, disks: list[dict[str, Any]] | None = None) -> dict[str, Any]:
+        return {
+            "v": 1,
+            "op": "acquire",
+            "owner": self.owner,
+            "resources": self.disks if disks is None else disks,
+        }
+
+    def kill(self) -> None:
+        _reap(self.proc, signal.SIGKILL)
