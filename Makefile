@@ -10,9 +10,13 @@ CFLAGS_DRIVER := -std=gnu11 -O2 -g -fPIC -shared -fvisibility=hidden \
                  -Wall -Wextra -Werror -Wformat=2 -Wshadow
 DRIVER_SRC := $(wildcard plugin/driver/*.c) $(wildcard plugin/driver/*.h)
 
-.PHONY: all unit plugin check test bench lint clean venv
+.PHONY: all deps unit plugin check test bench lint clean venv
 
 all: plugin unit
+
+# Debian packages (compiler, libdlm3, libvirt, QEMU); a no-op when present.
+deps:
+	scripts/install-deps
 
 $(VENV)/.stamp: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -33,7 +37,7 @@ unit: venv plugin
 	$(PYTEST) tests/unit -q
 
 # Every tier that exists; exit code 5 (no tests collected) is a failure.
-test: unit
+test: deps unit
 
 bench: venv
 	$(PY) bench/daemon_bench.py
