@@ -10,7 +10,7 @@ CFLAGS_DRIVER := -std=gnu11 -O2 -g -fPIC -shared -fvisibility=hidden \
                  -Wall -Wextra -Werror -Wformat=2 -Wshadow
 DRIVER_SRC := $(wildcard plugin/driver/*.c) $(wildcard plugin/driver/*.h)
 
-.PHONY: all deps unit plugin check test bench lint clean venv
+.PHONY: all deps unit plugin install-plugin check local-lab local-lab-stop test bench lint clean venv
 
 all: plugin unit
 
@@ -18,7 +18,7 @@ all: plugin unit
 deps:
 	scripts/install-deps
 
-$(VENV)/.stamp: pyproject.toml
+$(VENV)/.stamp: pyproject.toml | deps
 	$(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install --quiet --upgrade pip
 	$(PY) -m pip install --quiet -e '.[test]'
@@ -32,15 +32,37 @@ build/dlm.so: $(DRIVER_SRC)
 
 plugin: build/dlm.so
 
+# Install dlm.so into libvirt's lock-driver directory (asked of libvirt's pkg-config file,
+# else found next to lockd.so) and the example config (never overwriting an existing one).
+LOCK_DRIVER_DIR ?= $(shell d=$$(pkg-config --variable=libdir libvirt 2>/dev/null); \
+	if [ -n "$$d" ]; then echo "$$d/libvirt/lock-driver"; else \
+	dirname "$$(find /usr/lib /usr/lib64 -name lockd.so -path '*lock-driver*' 2>/dev/null | head -n1)"; fi)
+install-plugin: build/dlm.so
+	@test -d "$(LOCK_DRIVER_DIR)" || { echo "libvirt's lock-driver directory not found (set LOCK_DRIVER_DIR=...)"; exit 1; }
+	install -m 0755 build/dlm.so "$(DESTDIR)$(LOCK_DRIVER_DIR)/dlm.so"
+	test -e "$(DESTDIR)/etc/libvirt/qemu-dlm.conf" || install -D -m 0644 plugin/conf/qemu-dlm.conf "$(DESTDIR)/etc/libvirt/qemu-dlm.conf"
+	@echo "installed $(LOCK_DRIVER_DIR)/dlm.so; set lock_manager = \"dlm\" in /etc/libvirt/qemu.conf"
+
 # Fast tests: no VMs, no root daemons; the backend contract suite runs on the model.
 unit: venv plugin
 	$(PYTEST) tests/unit -q
 
-# Every tier that exists; exit code 5 (no tests collected) is a failure.
-test: deps unit
+# The single-host tier: a private libvirtd with dlm.so and real QEMU (TCG), model backend.
+check: venv plugin
+	$(PYTEST) tests/blackbox -q -rA
 
-bench: venv
+local-lab: venv plugin
+	$(PY) -m lab.local start
+
+local-lab-stop: venv
+	$(PY) -m lab.local stop
+
+# Every tier that exists; exit code 5 (no tests collected) is a failure.
+test: deps unit check
+
+bench: venv plugin
 	$(PY) bench/daemon_bench.py
+	$(PY) bench/start_overhead.py
 
 lint: venv
 	$(VENV)/bin/ruff check plugin tests bench

@@ -1,0 +1,116 @@
+"""Fixtures of the local tier: a private libvirtd with the dlm lock manager on this host.
+
+The lab comes up once per session (``make check`` or ``make test``) and goes away at the
+end, leaving no process, domain or mount behind. After every test the audits run: all
+domains are removed, every lock is gone within a second, the daemons are alive, and
+virtdlmd's log shows no unexpected ERROR or Traceback.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Iterator
+from typing import Any
+
+import pytest
+
+from lab.audit import LogWatch, double_writers
+from lab.command import check
+from lab.domain import Disk, DomainSpec
+from lab.hypervisor import Hypervisor
+from lab.local import LocalLab, default_root
+from lab.wait import wait_for
+from virtdlm.client import call
+
+RELEASE_DEADLINE_S = 1.0
+IMAGE_SIZES = {"one.qcow2": "64M", "two.qcow2": "64M", "share.raw": "16M"}
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    for item in items:
+        if "blackbox" in str(item.fspath):
+            item.add_marker(pytest.mark.local)
+
+
+@pytest.fixture(scope="session")
+def lab() -> Iterator[LocalLab]:
+    lab = LocalLab(os.environ.get("VIRTDLM_LOCAL_LAB", default_root()), "dlm")
+    lab.start()
+    yield lab
+    lab.stop()
+
+
+@pytest.fixture(scope="session")
+def hv(lab: LocalLab) -> Iterator[Hypervisor]:
+    hv = Hypervisor(lab.uri)
+    yield hv
+    hv.close()
+
+
+@pytest.fixture(scope="session")
+def images(lab: LocalLab) -> dict[str, str]:
+    """The thesis's images: one.qcow2, two.qcow2 (qcow2) and share.raw (raw)."""
+    out = {}
+    for name, size in IMAGE_SIZES.items():
+        path = os.path.join(lab.images, name)
+        if not os.path.exists(path):
+            fmt = "qcow2" if name.endswith(".qcow2") else "raw"
+            check(["qemu-img", "create", "-q", "-f", fmt, path, size], timeout_s=30)
+        out[name] = path
+    return out
+
+
+def locks(lab: LocalLab) -> list[dict[str, Any]]:
+    return list(call(lab.dlm_socket, {"v": 1, "op": "locks"}, timeout_s=10)["locks"])
+
+
+def held(lab: LocalLab) -> set[tuple[str, str, str]]:
+    """{(domain, image file name, mode)} of every lock virtdlmd holds."""
+    return {(lk["domain"], os.path.basename(lk["path"]), lk["mode"]) for lk in locks(lab)}
+
+
+@pytest.fixture(autouse=True)
+def audit(request: pytest.FixtureRequest, lab: LocalLab, hv: Hypervisor) -> Iterator[LogWatch]:
+    marker = request.node.get_closest_marker("allow_log")
+    watch = LogWatch(
+        os.path.join(lab.logs, "virtdlmd.log"), list(marker.args) if marker else []
+    ).arm()
+    yield watch
+    running = {}
+    for name in hv.names():
+        if hv.is_running(name):
+            running[f"local/{name}"] = hv.call("xml", hv.lookup(name).XMLDesc, 0)
+    try:
+        assert double_writers(running) == {}, "two running domains write one disk"
+    finally:
+        hv.remove_all()
+    wait_for(
+        lambda: locks(lab) == [],
+        RELEASE_DEADLINE_S,
+        0.05,
+        "every lock released once the test's domains are gone",
+    )
+    assert lab.pid_of("virtdlmd") is not None, "virtdlmd died"
+    assert lab.pid_of("libvirtd") is not None, "libvirtd died"
+    bad = watch.bad_lines()
+    assert not bad, "unexpected lines in virtdlmd's log:\n" + "\n".join(bad)
+
+
+def spec(name: str, *disks: Disk, **kw: Any) -> DomainSpec:
+    return DomainSpec(name, tuple(disks), **kw)
+
+
+def pytest_terminal_summary(terminalreporter: Any) -> None:
+    from .test_local import MATRIX
+
+    if not MATRIX:
+        return
+    tr = terminalreporter
+    tr.section("thesis table 5-1 on one host: expected in 2018 vs measured today")
+    tr.write_line(f"{'row':<6} {'thesis (QEMU 2.8)':<42} {'measured':<16} {'code':<5} seconds")
+    for r in MATRIX:
+        tr.write_line(
+            f"{r['row']:<6} {r['thesis']:<42} {r['measured']:<16} {r['code']:<5} {r['seconds']}"
+        )
+        if r["why"]:
+            tr.write_line(f"{'':<6} why: {r['why']}")
