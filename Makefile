@@ -10,7 +10,7 @@ CFLAGS_DRIVER := -std=gnu11 -O2 -g -fPIC -shared -fvisibility=hidden \
                  -Wall -Wextra -Werror -Wformat=2 -Wshadow
 DRIVER_SRC := $(wildcard plugin/driver/*.c) $(wildcard plugin/driver/*.h)
 
-.PHONY: all deps unit plugin install-plugin check local-lab local-lab-stop test bench lint clean venv
+.PHONY: all deps unit plugin install-plugin check local-lab local-lab-stop lab lab-status lab-destroy test bench lint clean venv
 
 all: plugin unit
 
@@ -56,6 +56,16 @@ local-lab: venv plugin
 
 local-lab-stop: venv
 	$(PY) -m lab.local stop
+
+# The two-node Vagrant lab (Corosync, DLM, NFS, libvirt + plugin). Safe to run twice.
+lab: venv plugin
+	$(PY) -m lab.cluster up
+
+lab-status: venv
+	$(PY) -m lab.cluster status
+
+lab-destroy: venv
+	$(PY) -m lab.cluster destroy
 
 # Every tier that exists; exit code 5 (no tests collected) is a failure.
 test: deps unit check

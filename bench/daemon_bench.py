@@ -27,7 +27,6 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path[:0] = [os.path.join(ROOT, "plugin"), ROOT]
 
 from lab.wait import wait_for  # noqa: E402
-
 from virtdlm.client import Client  # noqa: E402
 
 CASES = (10, 1_000, 10_000)

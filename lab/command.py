@@ -59,6 +59,7 @@ def run(
     node: str = "host",
     env: Mapping[str, str] | None = None,
     input_text: str | None = None,
+    cwd: str | None = None,
 ) -> Result:
     started = time.monotonic()
     try:
@@ -70,6 +71,7 @@ def run(
             env=dict(env) if env is not None else None,
             input=input_text,
             stdin=None if input_text is not None else subprocess.DEVNULL,
+            cwd=cwd,
         )
     except subprocess.TimeoutExpired as err:
         out = err.stdout.decode(errors="replace") if isinstance(err.stdout, bytes) else ""

@@ -16,7 +16,6 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from lab.wait import wait_for
-
 from virtdlm.client import Client
 
 PY = sys.executable

@@ -11,6 +11,7 @@ from collections.abc import Callable
 from typing import Any
 
 import pytest
+
 from lab.wait import wait_for
 
 from .conftest import disk

@@ -1,0 +1,183 @@
+#!/usr/bin/env bash
+# Turn a booted box into a lab cluster node. Idempotent: a second run changes nothing and
+# restarts nothing. Run as root inside the node by the lab driver (lab/cluster.py):
+#
+#   node.sh base    NAME   hosts, corosync, dlm_controld; node-a also exports NFS
+#   node.sh storage NAME   mount the share; node-a creates the thesis images
+#   node.sh plugin  NAME   build and install dlm.so + virtdlmd, configure libvirtd
+#
+# Reads /opt/virtdlm/.lab/vagrant-settings.json (the host's resolved settings) and
+# /opt/virtdlm-secrets/authkey (corosync's key, made once on the host, same on both nodes).
+set -euo pipefail
+
+phase=$1
+name=$2
+src=/opt/virtdlm
+settings=$src/.lab/vagrant-settings.json
+changed=()
+
+s() { python3 -c "import json,sys; print(json.load(open('$settings'))[sys.argv[1]])" "$1"; }
+log() { printf '[%s %s] %s\n' "$name" "$phase" "$*"; }
+
+# put PATH MODE: write stdin to PATH if different; remember that PATH changed.
+put() {
+  local path=$1 mode=$2 tmp
+  tmp=$(mktemp)
+  cat > "$tmp"
+  if [ -f "$path" ] && cmp -s "$tmp" "$path"; then
+    rm -f "$tmp"
+    return 0
+  fi
+  install -D -m "$mode" "$tmp" "$path"
+  rm -f "$tmp"
+  changed+=("$path")
+}
+was_changed() { local p; for p in "${changed[@]}"; do [[ $p == "$1"* ]] && return 0; done; return 1; }
+
+node_a_ip=$(s node_a_ip)
+node_b_ip=$(s node_b_ip)
+
+phase_base() {
+  # Names resolve to cluster addresses, never 127.0.1.1 (corosync and migration need that).
+  {
+    grep -vE '^127\.0\.1\.1|# virtdlm-lab$' /etc/hosts
+    echo "$node_a_ip node-a # virtdlm-lab"
+    echo "$node_b_ip node-b # virtdlm-lab"
+  } | put /etc/hosts 0644
+
+  put /etc/corosync/authkey 0400 < /opt/virtdlm-secrets/authkey
+  put /etc/corosync/corosync.conf 0644 <<EOF
+# virtdlm lab: a two-node cluster on the isolated cluster network.
+totem {
+    version: 2
+    cluster_name: virtdlm-lab
+    transport: knet
+    crypto_cipher: aes256
+    crypto_hash: sha256
+}
+nodelist {
+    node {
+        name: node-a
+        nodeid: 1
+        ring0_addr: $node_a_ip
+    }
+    node {
+        name: node-b
+        nodeid: 2
+        ring0_addr: $node_b_ip
+    }
+}
+quorum {
+    provider: corosync_votequorum
+    two_node: 1
+}
+logging {
+    to_syslog: yes
+}
+EOF
+  # LAB ONLY: no fencing (no pacemaker/stonith here). Production clusters must fence.
+  put /etc/dlm/dlm.conf 0644 <<EOF
+# virtdlm lab only: fencing is off because the lab has no fence devices.
+# A production cluster must fence: a node that is not fenced may still write.
+enable_fencing=0
+enable_startup_fencing=0
+enable_quorum_fencing=0
+protocol=tcp
+EOF
+  if was_changed /etc/corosync/; then
+    systemctl enable -q corosync
+    systemctl restart corosync
+  else
+    systemctl enable -q --now corosync
+  fi
+  systemctl enable -q --now dlm
+  if [ "$name" = node-a ]; then
+    local dir
+    dir=$(s image_dir)
+    mkdir -p "$dir"
+    local cidr
+    cidr=$(s cluster_subnet)
+    echo "$dir $cidr(rw,sync,no_subtree_check,no_root_squash)" | put /etc/exports 0644
+    systemctl enable -q --now nfs-server
+    was_changed /etc/exports && exportfs -ra
+  fi
+  log "ok (changed: ${changed[*]:-nothing})"
+}
+
+phase_storage() {
+  local dir mnt opts
+  dir=$(s image_dir)
+  mnt=$(s mount_point)
+  if [ "$(s nfs_locking)" = True ]; then
+    opts="vers=4.2,hard,_netdev"
+  else
+    opts="vers=3,nolock,hard,_netdev"   # local locks only: they cannot cross nodes
+  fi
+  mkdir -p "$mnt"
+  { grep -v " $mnt nfs" /etc/fstab; echo "node-a:$dir $mnt nfs $opts 0 0"; } | put /etc/fstab 0644
+  if was_changed /etc/fstab && mountpoint -q "$mnt"; then
+    umount "$mnt"
+  fi
+  mountpoint -q "$mnt" || mount "$mnt"
+  if [ "$name" = node-a ]; then
+    for img in one.qcow2:qcow2:64M two.qcow2:qcow2:64M share.raw:raw:16M; do
+      IFS=: read -r file fmt size <<< "$img"
+      [ -e "$mnt/$file" ] || qemu-img create -q -f "$fmt" "$mnt/$file" "$size"
+    done
+  fi
+  log "ok (changed: ${changed[*]:-nothing})"
+}
+
+phase_plugin() {
+  local libdir=/usr/lib/x86_64-linux-gnu/libvirt/lock-driver
+  make -s -C "$src" plugin >/dev/null
+  install -m 0755 "$src/build/dlm.so" "$libdir/dlm.so.new"
+  if cmp -s "$libdir/dlm.so.new" "$libdir/dlm.so"; then
+    rm -f "$libdir/dlm.so.new"
+  else
+    mv "$libdir/dlm.so.new" "$libdir/dlm.so"
+    changed+=("$libdir/dlm.so")
+  fi
+  for tool in virtdlmd:virtdlm.daemon virtdlm:virtdlm.cli; do
+    IFS=: read -r bin module <<< "$tool"
+    printf '#!/bin/sh\nPYTHONPATH=%s/plugin exec python3 -m %s "$@"\n' "$src" "$module" \
+      | put "/usr/local/bin/$bin" 0755
+  done
+  put /etc/systemd/system/virtdlmd.service 0644 < "$src/plugin/systemd/virtdlmd.service"
+  put /etc/systemd/system/virtdlmd.socket 0644 < "$src/plugin/systemd/virtdlmd.socket"
+  put /etc/libvirt/qemu-dlm.conf 0644 <<EOF
+# virtdlm lab node $name
+backend = "dlm"
+lockspace_name = "libvirt"
+node_name = "$name"
+EOF
+  put /etc/libvirt/qemu.conf 0600 <<EOF
+# virtdlm lab node $name
+lock_manager = "$(s lock_manager)"
+EOF
+  # Live migration over TCP on the isolated cluster network, without auth: lab only.
+  put /etc/libvirt/libvirtd.conf 0644 <<EOF
+auth_tcp = "none"
+EOF
+  systemctl daemon-reload
+  if was_changed /etc/systemd/system/virtdlmd || was_changed /etc/libvirt/qemu-dlm.conf; then
+    systemctl enable -q virtdlmd.socket virtdlmd.service
+    systemctl restart virtdlmd.socket virtdlmd.service
+  else
+    systemctl enable -q --now virtdlmd.socket virtdlmd.service
+  fi
+  systemctl enable -q --now libvirtd-tcp.socket
+  if was_changed /etc/libvirt/ || was_changed "$libdir/dlm.so"; then
+    systemctl restart libvirtd
+  else
+    systemctl enable -q --now libvirtd
+  fi
+  log "ok (changed: ${changed[*]:-nothing})"
+}
+
+case "$phase" in
+  base) phase_base ;;
+  storage) phase_storage ;;
+  plugin) phase_plugin ;;
+  *) echo "node.sh: unknown phase '$phase' (base, storage, plugin)" >&2; exit 2 ;;
+esac

@@ -1,0 +1,98 @@
+"""The two-node lab's settings: lab/settings.yaml, VIRTDLM_LAB_* overrides, computed values.
+
+``resolve`` is pure (text + environment in, dict out); ``write_vagrant_settings`` writes what
+the Vagrantfile reads, so the Vagrantfile holds no logic of its own.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+from collections.abc import Mapping
+from typing import Any
+
+import yaml
+
+from .wait import LabError
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+SETTINGS_YAML = os.path.join(REPO, "lab", "settings.yaml")
+LAB_DIR = os.path.join(REPO, ".lab")
+VAGRANT_SETTINGS = os.path.join(LAB_DIR, "vagrant-settings.json")
+ENV_PREFIX = "VIRTDLM_LAB_"
+BOOT_TIMEOUT_S = 600
+LOCK_MANAGERS = ("dlm", "nop")
+
+
+class SettingsError(LabError):
+    pass
+
+
+def _coerce(key: str, default: Any, raw: str) -> Any:
+    if isinstance(default, bool):
+        if raw.lower() in ("1", "true", "yes", "on"):
+            return True
+        if raw.lower() in ("0", "false", "no", "off"):
+            return False
+        raise SettingsError(f"{ENV_PREFIX}{key.upper()}={raw!r}: expected true or false")
+    if isinstance(default, int):
+        try:
+            return int(raw)
+        except ValueError as err:
+            raise SettingsError(f"{ENV_PREFIX}{key.upper()}={raw!r}: expected an integer") from err
+    return raw
+
+
+def resolve(text: str, env: Mapping[str, str]) -> dict[str, Any]:
+    """Settings from the YAML text with environment overrides; unknown names are refused."""
+    base = yaml.safe_load(text) or {}
+    if not isinstance(base, dict):
+        raise SettingsError("lab/settings.yaml must be a mapping of key: value")
+    out = dict(base)
+    for name, raw in env.items():
+        if not name.startswith(ENV_PREFIX):
+            continue
+        key = name[len(ENV_PREFIX) :].lower()
+        if key not in base:
+            raise SettingsError(f"{name}: no such lab setting; known: {', '.join(sorted(base))}")
+        out[key] = _coerce(key, base[key], raw)
+    if out["accel"] not in ("auto", "kvm", "tcg"):
+        raise SettingsError(f"accel {out['accel']!r}: expected auto, kvm or tcg")
+    if out["lock_manager"] not in LOCK_MANAGERS:
+        raise SettingsError(f"lock_manager {out['lock_manager']!r}: expected dlm or nop")
+    return out
+
+
+def load(env: Mapping[str, str] | None = None) -> dict[str, Any]:
+    with open(SETTINGS_YAML, encoding="utf-8") as f:
+        return resolve(f.read(), os.environ if env is None else env)
+
+
+def lab_prefix(repo: str = REPO) -> str:
+    """Names of this checkout's domains, networks and volumes start with this."""
+    return f"virtdlm-{hashlib.sha256(repo.encode()).hexdigest()[:6]}-"
+
+
+def vagrant_settings(settings: dict[str, Any], box_dir: str, domain_type: str) -> dict[str, Any]:
+    prefix = lab_prefix()
+    return {
+        **settings,
+        "box_dir": box_dir,
+        "box_name": f"virtdlm-debian12-{os.path.basename(box_dir.rstrip('/'))}",
+        "domain_type": domain_type,
+        "prefix": prefix,
+        "management_network": f"{prefix}mgmt",
+        "cluster_network": f"{prefix}cluster",
+        "log_dir": os.path.join(LAB_DIR, "logs"),
+        "boot_timeout_s": BOOT_TIMEOUT_S,
+    }
+
+
+def write_vagrant_settings(values: dict[str, Any]) -> str:
+    os.makedirs(LAB_DIR, exist_ok=True)
+    tmp = VAGRANT_SETTINGS + ".tmp"
+    with open(tmp, "w", encoding="utf-8") as f:
+        json.dump(values, f, indent=2, sort_keys=True)
+    os.replace(tmp, VAGRANT_SETTINGS)
+    return VAGRANT_SETTINGS
