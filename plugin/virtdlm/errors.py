@@ -122,7 +122,8 @@ class Busy(VirtDlmError):
             fact = "is locked by another owner (holder unknown)"
         else:
             fact = f"is locked {holder.describe()}"
-        super().__init__(f"resource busy: {kind} {resource} {fact}")
+        # libvirt prints VIR_ERR_RESOURCE_BUSY as "resource busy: %s": no prefix here.
+        super().__init__(f"{kind} {resource} {fact}")
 
 
 class DaemonUnavailable(VirtDlmError):

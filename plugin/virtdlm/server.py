@@ -50,6 +50,7 @@ IDLE_TIMEOUT_S = 60.0
 FRAME_TIMEOUT_S = 5.0
 BACKEND_CALL_TIMEOUT_S = 60.0
 IDENTITY_TIMEOUT_S = 10.0
+DRAIN_TIMEOUT_S = 5.0
 _PEERCRED = struct.Struct("3i")
 
 
@@ -99,7 +100,7 @@ class Daemon:
         self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="dlm-worker")
         self._decide = asyncio.Lock()
         self._owners: dict[tuple[str, int], Owner] = {}
-        self._conns: set[asyncio.Task[None]] = set()
+        self._conns: dict[asyncio.Task[None], asyncio.StreamWriter] = {}
         self._server: asyncio.AbstractServer | None = None
         self._stopping = False
         self._activated = False
@@ -179,10 +180,17 @@ class Daemon:
         self._stopping = True
         if self._server is not None:
             self._server.close()
+        # End each connection by aborting its transport: its read sees EOF and its task
+        # finishes by itself (cancelling tasks started by start_unix_server makes asyncio
+        # log a spurious CancelledError). Stragglers are cancelled after a deadline.
+        for writer in list(self._conns.values()):
+            writer.transport.abort()
+        if self._conns:
+            _done, late = await asyncio.wait(list(self._conns), timeout=DRAIN_TIMEOUT_S)
+            for task in late:
+                task.cancel()
+        if self._server is not None:
             await self._server.wait_closed()
-        for task in list(self._conns):
-            task.cancel()
-        await asyncio.gather(*self._conns, return_exceptions=True)
         loop = asyncio.get_running_loop()
         for owner in self._owners.values():
             if owner.pidfd >= 0:
@@ -433,11 +441,11 @@ class Daemon:
     async def _on_connect(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         task = asyncio.current_task()
         assert task is not None
-        self._conns.add(task)
+        self._conns[task] = writer
         try:
             await _Conn(self, reader, writer).run()
         finally:
-            self._conns.discard(task)
+            self._conns.pop(task, None)
 
     @property
     def connection_count(self) -> int:
