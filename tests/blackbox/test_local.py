@@ -20,11 +20,10 @@ from lab.local import LocalLab
 from lab.refusal import LOCK_DAEMON_DOWN, LOCK_MANAGER, QEMU_IMAGE_LOCK
 from lab.wait import wait_for
 
-from .conftest import RELEASE_DEADLINE_S, held, locks, spec
+from .conftest import MATRIX, RELEASE_DEADLINE_S, held, locks, spec
 
 VIR_ERR_RESOURCE_BUSY = 87
 VIR_FROM_LOCKING = 42
-MATRIX: list[dict[str, str]] = []
 
 
 def refused(hv: Hypervisor, action: str, *args: object) -> LibvirtFailure:
@@ -136,8 +135,8 @@ def test_hotplug_of_a_disk_held_by_another_vm_is_refused_by_the_lock_manager(
     hv.create(spec("vm-2", Disk(images["two.qcow2"])))
     err = refused(hv, "attach_disk", "vm-2", Disk(images["one.qcow2"]), 1)
     assert_lock_manager_refusal(err, images["one.qcow2"], "vm-1")
-    assert err.message.endswith(
-        f"disk {images['one.qcow2']} is locked exclusively by vm-1 on local"
+    assert err.message == (
+        f"resource busy: disk {images['one.qcow2']} is locked exclusively by vm-1 on local"
     )
     assert held(lab) == {("vm-1", "one.qcow2", "EX"), ("vm-2", "two.qcow2", "EX")}
     assert hv.is_running("vm-2")
