@@ -10,7 +10,7 @@ CFLAGS_DRIVER := -std=gnu11 -O2 -g -fPIC -shared -fvisibility=hidden \
                  -Wall -Wextra -Werror -Wformat=2 -Wshadow
 DRIVER_SRC := $(wildcard plugin/driver/*.c) $(wildcard plugin/driver/*.h)
 
-.PHONY: all deps unit plugin install-plugin check local-lab local-lab-stop lab lab-status lab-destroy test bench lint clean venv
+.PHONY: all deps unit plugin install-plugin check local-lab local-lab-stop lab lab-status lab-destroy lab-clean test bench lint clean venv
 
 all: plugin unit
 
@@ -66,6 +66,11 @@ lab-status: venv
 
 lab-destroy: venv
 	$(PY) -m lab.cluster destroy
+
+# lab-destroy, and also drop the cached box (the next make lab rebuilds it).
+lab-clean: venv
+	$(PY) -m lab.cluster clean
+	rm -rf /var/lib/virtdlm/boxes
 
 # Every tier that exists; exit code 5 (no tests collected) is a failure.
 test: deps unit check

@@ -97,6 +97,22 @@ class Lab:
                 print(f"    {line}", file=sys.stderr)
         return out.stdout.strip().splitlines()[-1]
 
+    def prune_boxes(self, keep: str | None) -> None:
+        """Remove vagrant boxes (and their libvirt base volumes) of older box recipes."""
+        boxes = run(["vagrant", "box", "list", "--machine-readable"], timeout_s=60).stdout
+        names = {line.split(",")[3] for line in boxes.splitlines()
+                 if line.count(",") >= 3 and line.split(",")[2] == "box-name"}
+        for name in sorted(names):
+            if not name.startswith("virtdlm-debian12-") or name == keep:
+                continue
+            run(["vagrant", "box", "remove", "--force", "--all", name], timeout_s=120)
+            vols = run(["virsh", "-c", HOST_URI, "vol-list", "default"], timeout_s=30).stdout
+            for vol in (ln.split()[0] for ln in vols.splitlines() if ln.strip()):
+                if vol.startswith(f"{name}_vagrant_box_image"):
+                    run(["virsh", "-c", HOST_URI, "vol-delete", "--pool", "default", vol],
+                        timeout_s=60)
+            print(f"    removed the old box {name}", file=sys.stderr)
+
     @step("accelerator")
     def domain_type(self, box_dir: str) -> str:
         accel = self.settings["accel"]
@@ -193,6 +209,7 @@ class Lab:
         domain_type = self.domain_type(box_dir)
         values = lab_settings.vagrant_settings(self.settings, box_dir, domain_type)
         lab_settings.write_vagrant_settings(values)
+        self.prune_boxes(keep=values["box_name"])
         self.clear_foreign_leftovers(values["prefix"])
         try:
             self.nodes_up()
@@ -252,7 +269,7 @@ class Lab:
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m lab.cluster")
-    parser.add_argument("action", choices=["up", "status", "destroy", "logs"])
+    parser.add_argument("action", choices=["up", "status", "destroy", "clean", "logs"])
     args = parser.parse_args(argv)
     try:
         lab = Lab()
@@ -262,6 +279,9 @@ def main(argv: list[str] | None = None) -> int:
             return 0 if lab.status() else 1
         elif args.action == "logs":
             lab.collect_logs()
+        elif args.action == "clean":  # destroy, then drop the cached boxes too
+            lab.destroy()
+            lab.prune_boxes(keep=None)
         else:
             lab.destroy()
     except LabError as err:
