@@ -25,3 +25,13 @@ def driver_path(request: pytest.FixtureRequest) -> str:
     if not os.path.exists(path):
         pytest.fail(f"{path} is missing: run 'make plugin' first")
     return str(path)
+
+
+TIER_MARKERS = {"blackbox": "local", "lab": "lab"}  # tests/<dir> -> marker
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    for item in items:
+        parts = item.path.relative_to(ROOT).parts
+        if len(parts) > 1 and parts[0] == "tests" and parts[1] in TIER_MARKERS:
+            item.add_marker(getattr(pytest.mark, TIER_MARKERS[parts[1]]))

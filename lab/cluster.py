@@ -224,6 +224,16 @@ class Lab:
         if not self.status():
             raise LabError(f"the lab came up but is not healthy (table above); logs in {LOG_DIR}")
 
+    def is_up(self) -> bool:
+        """Both nodes exist and run (whether they are healthy is status()'s question)."""
+        if not os.path.exists(lab_settings.VAGRANT_SETTINGS):
+            return False
+        try:
+            states = {m.name: m.state for m in self.vagrant.status()}
+        except VagrantError:
+            return False
+        return all(states.get(n) == "running" for n in NODES)
+
     def status(self) -> bool:
         checks: list[Check] = run_checks({n: self.node(n) for n in NODES}, self.settings)
         print(format_table(checks))

@@ -27,12 +27,6 @@ MATRIX: list[dict[str, str]] = []  # table 5-1 rows as measured, for the summary
 IMAGE_SIZES = {"one.qcow2": "64M", "two.qcow2": "64M", "share.raw": "16M"}
 
 
-def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
-    for item in items:
-        if "blackbox" in str(item.fspath):
-            item.add_marker(pytest.mark.local)
-
-
 @pytest.fixture(scope="session")
 def lab() -> Iterator[LocalLab]:
     lab = LocalLab(os.environ.get("VIRTDLM_LOCAL_LAB", default_root()), "dlm")
