@@ -37,13 +37,45 @@ was_changed() { local p; for p in "${changed[@]}"; do [[ $p == "$1"* ]] && retur
 node_a_ip=$(s node_a_ip)
 node_b_ip=$(s node_b_ip)
 
+# The cluster NIC: the en* interface that holds no management (DHCP) address. vagrant-libvirt
+# would configure it with ifupdown, which the box does not have: networkd does it here,
+# matched by MAC, in a file that sorts before the DHCP catch-all.
+cluster_network() {
+  local ip=$1 prefix=$2 dev mac
+  for dev in /sys/class/net/en*; do
+    dev=${dev##*/}
+    if ! ip -4 -o addr show dev "$dev" | grep -q 'dynamic'; then
+      mac=$(cat "/sys/class/net/$dev/address")
+      put /etc/systemd/network/05-cluster.network 0644 <<EOF
+# virtdlm lab: the isolated cluster network, static.
+[Match]
+MACAddress=$mac
+
+[Network]
+Address=$ip/$prefix
+LinkLocalAddressing=no
+EOF
+      if was_changed /etc/systemd/network/; then
+        networkctl reload
+        networkctl reconfigure "$dev"
+      fi
+      return 0
+    fi
+  done
+  echo "node.sh: no interface left for the cluster network" >&2
+  return 1
+}
+
 phase_base() {
+  local my_ip
+  my_ip=$([ "$name" = node-a ] && echo "$node_a_ip" || echo "$node_b_ip")
+  cluster_network "$my_ip" "$(s cluster_subnet | cut -d/ -f2)"
   # Names resolve to cluster addresses, never 127.0.1.1 (corosync and migration need that).
-  {
+  put /etc/hosts 0644 < <(
     grep -vE '^127\.0\.1\.1|# virtdlm-lab$' /etc/hosts
     echo "$node_a_ip node-a # virtdlm-lab"
     echo "$node_b_ip node-b # virtdlm-lab"
-  } | put /etc/hosts 0644
+  )
 
   put /etc/corosync/authkey 0400 < /opt/virtdlm-secrets/authkey
   put /etc/corosync/corosync.conf 0644 <<EOF
@@ -97,7 +129,7 @@ EOF
     mkdir -p "$dir"
     local cidr
     cidr=$(s cluster_subnet)
-    echo "$dir $cidr(rw,sync,no_subtree_check,no_root_squash)" | put /etc/exports 0644
+    put /etc/exports 0644 <<< "$dir $cidr(rw,sync,no_subtree_check,no_root_squash)"
     systemctl enable -q --now nfs-server
     was_changed /etc/exports && exportfs -ra
   fi
@@ -114,7 +146,7 @@ phase_storage() {
     opts="vers=3,nolock,hard,_netdev"   # local locks only: they cannot cross nodes
   fi
   mkdir -p "$mnt"
-  { grep -v " $mnt nfs" /etc/fstab; echo "node-a:$dir $mnt nfs $opts 0 0"; } | put /etc/fstab 0644
+  put /etc/fstab 0644 < <(grep -v " $mnt nfs" /etc/fstab; echo "node-a:$dir $mnt nfs $opts 0 0")
   if was_changed /etc/fstab && mountpoint -q "$mnt"; then
     umount "$mnt"
   fi
@@ -140,8 +172,8 @@ phase_plugin() {
   fi
   for tool in virtdlmd:virtdlm.daemon virtdlm:virtdlm.cli; do
     IFS=: read -r bin module <<< "$tool"
-    printf '#!/bin/sh\nPYTHONPATH=%s/plugin exec python3 -m %s "$@"\n' "$src" "$module" \
-      | put "/usr/local/bin/$bin" 0755
+    put "/usr/local/bin/$bin" 0755 < <(
+      printf '#!/bin/sh\nPYTHONPATH=%s/plugin exec python3 -m %s "$@"\n' "$src" "$module")
   done
   put /etc/systemd/system/virtdlmd.service 0644 < "$src/plugin/systemd/virtdlmd.service"
   put /etc/systemd/system/virtdlmd.socket 0644 < "$src/plugin/systemd/virtdlmd.socket"
