@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import hashlib
 import os
 import secrets
 import sys
@@ -36,6 +37,7 @@ NODES = ("node-a", "node-b")
 HOST_URI = "qemu:///system"
 PROVISION_TIMEOUT_S = 600.0
 AUTHKEY_BYTES = 256
+PROVISIONED_MARK = "/opt/virtdlm-provisioned"  # on each node: the digest it was built from
 JOURNAL_UNITS = ("corosync", "dlm", "libvirtd", "virtdlmd", "nfs-server")
 
 
@@ -100,8 +102,11 @@ class Lab:
     def prune_boxes(self, keep: str | None) -> None:
         """Remove vagrant boxes (and their libvirt base volumes) of older box recipes."""
         boxes = run(["vagrant", "box", "list", "--machine-readable"], timeout_s=60).stdout
-        names = {line.split(",")[3] for line in boxes.splitlines()
-                 if line.count(",") >= 3 and line.split(",")[2] == "box-name"}
+        names = {
+            line.split(",")[3]
+            for line in boxes.splitlines()
+            if line.count(",") >= 3 and line.split(",")[2] == "box-name"
+        }
         for name in sorted(names):
             if not name.startswith("virtdlm-debian12-") or name == keep:
                 continue
@@ -109,8 +114,10 @@ class Lab:
             vols = run(["virsh", "-c", HOST_URI, "vol-list", "default"], timeout_s=30).stdout
             for vol in (ln.split()[0] for ln in vols.splitlines() if ln.strip()):
                 if vol.startswith(f"{name}_vagrant_box_image"):
-                    run(["virsh", "-c", HOST_URI, "vol-delete", "--pool", "default", vol],
-                        timeout_s=60)
+                    run(
+                        ["virsh", "-c", HOST_URI, "vol-delete", "--pool", "default", vol],
+                        timeout_s=60,
+                    )
             print(f"    removed the old box {name}", file=sys.stderr)
 
     @step("accelerator")
@@ -163,16 +170,32 @@ class Lab:
             print("    boot or network timeout: retrying once", file=sys.stderr)
             self.vagrant.up()
 
+    def tree_files(self) -> list[str]:
+        """The tree as it is now: tracked and new files, not ignored ones."""
+        out = check(["git", "-C", REPO, "ls-files", "-co", "--exclude-standard"], timeout_s=30)
+        return sorted(
+            f for f in out.stdout.split("\n") if f and os.path.isfile(os.path.join(REPO, f))
+        )
+
+    def tree_digest(self) -> str:
+        """What the nodes were provisioned from: every file's path and content, and the
+        resolved settings. Equal digests mean provisioning again would change nothing."""
+        h = hashlib.sha256()
+        for rel in [*self.tree_files(), os.path.relpath(lab_settings.VAGRANT_SETTINGS, REPO)]:
+            h.update(rel.encode() + b"\0")
+            with open(os.path.join(REPO, rel), "rb") as f:
+                h.update(f.read())
+        return h.hexdigest()
+
+    def provisioned_from(self, name: str) -> str:
+        cmd = f"cat {PROVISIONED_MARK} 2>/dev/null"
+        return self.node(name).run(cmd, timeout_s=30).stdout.strip()
+
     def tarball(self) -> str:
-        """The tree as it is now (tracked and new files, not ignored ones)."""
-        files = check(
-            ["git", "-C", REPO, "ls-files", "-co", "--exclude-standard"], timeout_s=30
-        ).stdout.split("\n")
         path = os.path.join(LAB_DIR, "tree.tar.gz")
         with tarfile.open(path, "w:gz") as tar:
-            for rel in filter(None, files):
-                if os.path.exists(os.path.join(REPO, rel)):
-                    tar.add(os.path.join(REPO, rel), arcname=rel)
+            for rel in self.tree_files():
+                tar.add(os.path.join(REPO, rel), arcname=rel)
             tar.add(lab_settings.VAGRANT_SETTINGS, arcname=".lab/vagrant-settings.json")
         return path
 
@@ -206,17 +229,30 @@ class Lab:
         self.host_packages()
         self.host_libvirtd()
         box_dir = self.box()
-        domain_type = self.domain_type(box_dir)
+        previous = lab_settings.read_vagrant_settings()
+        if previous and previous.get("box_dir") == box_dir and self.is_up():
+            domain_type = str(previous["domain_type"])  # a running lab keeps its accelerator
+        else:
+            domain_type = self.domain_type(box_dir)
         values = lab_settings.vagrant_settings(self.settings, box_dir, domain_type)
         lab_settings.write_vagrant_settings(values)
         self.prune_boxes(keep=values["box_name"])
         self.clear_foreign_leftovers(values["prefix"])
         try:
             self.nodes_up()
-            self.upload()
-            step("provision: cluster")(self.provision)("base")
-            step("provision: storage")(self.provision)("storage")
-            step("provision: plugin")(self.provision)("plugin")
+            digest = self.tree_digest()
+            if all(self.provisioned_from(n) == digest for n in NODES):
+                print(
+                    "==> nodes already provisioned from this tree and these settings",
+                    file=sys.stderr,
+                )
+            else:
+                self.upload()
+                step("provision: cluster")(self.provision)("base")
+                step("provision: storage")(self.provision)("storage")
+                step("provision: plugin")(self.provision)("plugin")
+                for n in NODES:
+                    self.node(n).check(f"echo {digest} > {PROVISIONED_MARK}")
         except LabError:
             self.collect_logs()
             raise

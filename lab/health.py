@@ -7,6 +7,7 @@ and a smoke live migration from node-a to node-b that carries its lock along.
 
 from __future__ import annotations
 
+import concurrent.futures
 import json
 import re
 import shlex
@@ -157,7 +158,9 @@ def smoke_migration(nodes: dict[str, Node], settings: dict[str, Any]) -> Check:
 
 
 def run_checks(nodes: dict[str, Node], settings: dict[str, Any]) -> list[Check]:
-    checks = [c for node in nodes.values() for c in node_checks(node, settings)]
+    with concurrent.futures.ThreadPoolExecutor(len(nodes)) as pool:  # the nodes in parallel
+        per_node = list(pool.map(lambda n: node_checks(n, settings), nodes.values()))
+    checks = [c for found in per_node for c in found]
     if all(c.ok for c in checks):
         checks.append(smoke_migration(nodes, settings))
     else:

@@ -96,3 +96,12 @@ def write_vagrant_settings(values: dict[str, Any]) -> str:
         json.dump(values, f, indent=2, sort_keys=True)
     os.replace(tmp, VAGRANT_SETTINGS)
     return VAGRANT_SETTINGS
+
+
+def read_vagrant_settings() -> dict[str, Any] | None:
+    """The settings the running lab was brought up with, if any."""
+    try:
+        with open(VAGRANT_SETTINGS, encoding="utf-8") as f:
+            return dict(json.load(f))
+    except (OSError, ValueError):
+        return None
