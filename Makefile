@@ -10,7 +10,7 @@ CFLAGS_DRIVER := -std=gnu11 -O2 -g -fPIC -shared -fvisibility=hidden \
                  -Wall -Wextra -Werror -Wformat=2 -Wshadow
 DRIVER_SRC := $(wildcard plugin/driver/*.c) $(wildcard plugin/driver/*.h)
 
-.PHONY: all deps unit plugin install-plugin check local-lab local-lab-stop lab lab-status lab-destroy lab-clean test bench lint clean venv
+.PHONY: all deps unit plugin install-plugin check local-lab local-lab-stop lab lab-status lab-destroy lab-clean lab-test test bench lint clean venv
 
 all: plugin unit
 
@@ -72,8 +72,13 @@ lab-clean: venv
 	$(PY) -m lab.cluster clean
 	rm -rf /var/lib/virtdlm/boxes
 
-# Every tier that exists; exit code 5 (no tests collected) is a failure.
-test: deps unit check
+# The lab tier: the two-node lab is brought up first (a no-op when it is up and
+# provisioned from this tree), so its progress shows; then the tests that need it.
+lab-test: venv plugin lab
+	$(PYTEST) tests/lab -q -rA
+
+# Every tier; exit code 5 (no tests collected) is a failure.
+test: deps unit check lab-test
 
 bench: venv plugin
 	$(PY) bench/daemon_bench.py

@@ -111,8 +111,10 @@ def node_checks(node: Node, settings: dict[str, Any]) -> list[Check]:
     )
     rc, text = _safe(
         node,
-        "pid=$(pidof libvirtd) && grep -c 'lock-driver/dlm.so' "
-        "/proc/$pid/maps && grep -h '^lock_manager' /etc/libvirt/qemu.conf",
+        # libvirtd is socket-activated and exits when idle: a call wakes it first.
+        "virsh -c qemu:///system version >/dev/null && pid=$(pidof libvirtd) && "
+        "grep -c 'lock-driver/dlm.so' /proc/$pid/maps && "
+        "grep -h '^lock_manager' /etc/libvirt/qemu.conf",
     )
     out.append(
         Check(

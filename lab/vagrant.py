@@ -106,7 +106,7 @@ class Vagrant:
             assert proc.stdout is not None
             try:
                 for line in proc.stdout:
-                    log.write(line)
+                    log.write(f"[{time.monotonic() - started:7.1f}] {line}")
                     if any(m in line for m in PROGRESS_MARKERS):
                         print(
                             f"  [{time.monotonic() - started:6.0f}s] {line.strip()[:110]}",

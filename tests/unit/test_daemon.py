@@ -117,10 +117,7 @@ def test_leases_lock_exclusively_by_lockspace_and_key(
     vm2 = make_qemu(daemon.socket, "vm-2", [lease])
     reply = daemon.call(vm2.acquire_message())
     assert reply["code"] == 6
-    assert (
-        reply["message"]
-        == "lease ls1/vm-1-lease is locked exclusively by vm-1 on node-a"
-    )
+    assert reply["message"] == "lease ls1/vm-1-lease is locked exclusively by vm-1 on node-a"
 
 
 def test_require_lease_for_disks_refuses_rw_disks_without_lease(

@@ -1,0 +1,104 @@
+"""The two-node lab's pure parts on captured text: vagrant, ssh-config, corosync, dlm_tool,
+settings resolution."""
+
+from __future__ import annotations
+
+import pytest
+
+from lab.health import Check, format_table, parse_lockspaces, parse_quorum
+from lab.node import parse_ssh_config
+from lab.settings import SettingsError, resolve
+from lab.vagrant import boot_or_network_timeout, parse_status
+from lab.wait import LabError
+
+# Captured from vagrant 2.3.4 / vagrant-libvirt 0.11.2, corosync 3.1.7, dlm 4.2.0.
+STATUS = """\
+1763939000,node-a,metadata,provider,libvirt
+1763939000,node-a,provider-name,libvirt
+1763939000,node-a,state,running
+1763939000,node-b,state,not_created
+1763939000,,ui,info,Current machine states:
+"""
+SSH_CONFIG = """\
+Host node-a
+  HostName 192.168.123.36
+  User vagrant
+  Port 22
+  UserKnownHostsFile /dev/null
+  IdentityFile /work/main/.vagrant/machines/node-a/libvirt/private_key
+  IdentitiesOnly yes
+"""
+QUORUM = """\
+Quorum information
+------------------
+Date:             Mon Nov 23 23:10:02 2026
+Quorum provider:  corosync_votequorum
+Nodes:            2
+Node ID:          1
+Ring ID:          1.9
+Quorate:          Yes
+
+Votequorum information
+----------------------
+Expected votes:   2
+Flags:            2Node Quorate WaitForAll
+"""
+DLM_LS = """\
+dlm lockspaces
+name          vdltest
+id            0x85693d0b
+
+name          libvirt
+id            0x021b96b7
+members       1 2
+"""
+YAML = "memory_mib: 2048\naccel: auto\nnfs_locking: false\nlock_manager: dlm\n"
+
+
+def test_vagrant_status() -> None:
+    assert [(m.name, m.state) for m in parse_status(STATUS)] == [
+        ("node-a", "running"),
+        ("node-b", "not_created"),
+    ]
+
+
+def test_ssh_config() -> None:
+    c = parse_ssh_config(SSH_CONFIG)
+    assert (c.host, c.port, c.user) == ("192.168.123.36", 22, "vagrant")
+    assert c.identity.endswith("node-a/libvirt/private_key")
+    with pytest.raises(LabError, match="lacks hostname"):
+        parse_ssh_config("Host x\n  User vagrant\n")
+
+
+def test_corosync_quorum_and_dlm_lockspaces() -> None:
+    assert parse_quorum(QUORUM) == (True, 2)
+    assert parse_quorum(QUORUM.replace("Quorate:          Yes", "Quorate:          No")) == (
+        False,
+        2,
+    )
+    assert parse_lockspaces(DLM_LS) == ["vdltest", "libvirt"]
+
+
+def test_retry_only_boot_and_network_timeouts() -> None:
+    assert boot_or_network_timeout("Timed out while waiting for the machine to boot")
+    assert not boot_or_network_timeout("The box 'x' could not be found")
+
+
+def test_health_table_marks_failures() -> None:
+    table = format_table(
+        [Check("corosync", "node-a", True, "ok"), Check("dlm", "node-b", False, "lockspaces: none")]
+    )
+    assert table.splitlines()[2].split()[:3] == ["dlm", "node-b", "NO"]
+
+
+def test_settings_env_overrides_are_typed_and_checked() -> None:
+    s = resolve(
+        YAML, {"VIRTDLM_LAB_MEMORY_MIB": "3072", "VIRTDLM_LAB_NFS_LOCKING": "yes", "PATH": "/bin"}
+    )
+    assert (s["memory_mib"], s["nfs_locking"], s["accel"]) == (3072, True, "auto")
+    with pytest.raises(SettingsError, match="VIRTDLM_LAB_COLOUR: no such lab setting"):
+        resolve(YAML, {"VIRTDLM_LAB_COLOUR": "red"})
+    with pytest.raises(SettingsError, match="expected an integer"):
+        resolve(YAML, {"VIRTDLM_LAB_MEMORY_MIB": "lots"})
+    with pytest.raises(SettingsError, match="expected auto, kvm or tcg"):
+        resolve(YAML, {"VIRTDLM_LAB_ACCEL": "hvf"})
