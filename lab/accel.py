@@ -12,7 +12,8 @@ import glob
 import os
 import subprocess
 import tempfile
-import time
+
+from .wait import WaitTimeout, wait_for
 
 PROBE_TIMEOUT_S = 15.0
 POLL_S = 0.2
@@ -25,6 +26,14 @@ def probe_kernel(preferred: str | None = None) -> str | None:
         return preferred
     kernels = sorted(glob.glob("/boot/vmlinuz-*"))
     return kernels[-1] if kernels else None
+
+
+def _banner_seen(serial: str) -> bool:
+    try:
+        with open(serial, "rb") as f:
+            return BANNER in f.read()
+    except FileNotFoundError:
+        return False
 
 
 def kvm_works(kernel: str | None = None, timeout_s: float = PROBE_TIMEOUT_S) -> bool:
@@ -56,17 +65,16 @@ def kvm_works(kernel: str | None = None, timeout_s: float = PROBE_TIMEOUT_S) -> 
             )
         except OSError:
             return False
+
+        def settled() -> bool:
+            """True once the banner is out or QEMU has exited (KVM refused)."""
+            return _banner_seen(serial) or proc.poll() is not None
+
         try:
-            deadline = time.monotonic() + timeout_s
-            while time.monotonic() < deadline:
-                if os.path.exists(serial):
-                    with open(serial, "rb") as f:
-                        if BANNER in f.read():
-                            return True
-                if proc.poll() is not None:
-                    return False
-                time.sleep(POLL_S)
-            return False
+            wait_for(settled, timeout_s, POLL_S, f"a kernel banner under KVM ({kernel})")
+            return _banner_seen(serial)
+        except WaitTimeout:
+            return False  # the guest hangs: the symptom this probe exists to catch
         finally:
             proc.kill()
             proc.wait(timeout_s)

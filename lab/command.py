@@ -7,7 +7,10 @@ call subprocess themselves.
 
 from __future__ import annotations
 
+import contextlib
+import os
 import shlex
+import signal
 import subprocess
 import time
 from collections.abc import Mapping, Sequence
@@ -16,6 +19,7 @@ from dataclasses import dataclass
 from .wait import LabError
 
 DEFAULT_TIMEOUT_S = 60.0
+REAP_TIMEOUT_S = 5.0  # after a timeout's kill, how long to wait for the pipes to close
 
 
 @dataclass(frozen=True)
@@ -62,23 +66,30 @@ def run(
     cwd: str | None = None,
 ) -> Result:
     started = time.monotonic()
-    try:
-        proc = subprocess.run(
-            list(argv),
-            capture_output=True,
-            text=True,
-            timeout=timeout_s,
-            env=dict(env) if env is not None else None,
-            input=input_text,
-            stdin=None if input_text is not None else subprocess.DEVNULL,
-            cwd=cwd,
-        )
-    except subprocess.TimeoutExpired as err:
-        out = err.stdout.decode(errors="replace") if isinstance(err.stdout, bytes) else ""
-        raise CommandTimeout(node, argv, timeout_s, out) from err
-    return Result(
-        node, tuple(argv), proc.returncode, proc.stdout, proc.stderr, time.monotonic() - started
+    # Its own process group, so that a timeout kills the command *and* its children: a
+    # child left alive would hold the output pipes open and the wait would never end.
+    proc = subprocess.Popen(
+        list(argv),
+        stdin=subprocess.PIPE if input_text is not None else subprocess.DEVNULL,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        env=dict(env) if env is not None else None,
+        cwd=cwd,
+        start_new_session=True,
     )
+    try:
+        out, err = proc.communicate(input_text, timeout=timeout_s)
+    except subprocess.TimeoutExpired as exc:
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(proc.pid, signal.SIGKILL)
+        try:
+            out, _ = proc.communicate(timeout=REAP_TIMEOUT_S)
+        except subprocess.TimeoutExpired:  # a descendant left the group and kept a pipe
+            proc.kill()
+            out = ""
+        raise CommandTimeout(node, argv, timeout_s, out or "") from exc
+    return Result(node, tuple(argv), proc.returncode, out, err, time.monotonic() - started)
 
 
 def check(

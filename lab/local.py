@@ -24,6 +24,8 @@ import sys
 import time
 from dataclasses import dataclass
 
+from virtdlm.owners import process_start_time
+
 from .command import check, run
 from .wait import LabError, wait_for
 
@@ -44,14 +46,9 @@ MAX_SOCKET_PATH_BYTES = 100
 LOCK_MANAGERS = ("dlm", "lockd", "nop")
 
 
-def _pid_alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
+def _alive(pid: int) -> bool:
+    """Running, not a zombie: the same test virtdlmd uses for its owners."""
+    return process_start_time(pid) is not None
 
 
 def _read_pid(path: str) -> int | None:
@@ -109,7 +106,7 @@ class LocalLab:
                 pid = int(json.load(f)["anchor_pid"])
         except (OSError, ValueError, KeyError):
             return None
-        return pid if _pid_alive(pid) else None
+        return pid if _alive(pid) else None
 
     def ns(self, *argv: str) -> list[str]:
         """argv to run inside the lab's mount namespace."""
@@ -193,7 +190,7 @@ class LocalLab:
 
     def is_up(self) -> bool:
         pid = _read_pid(self.path("run", "libvirtd.pid"))
-        return self.anchor_pid() is not None and pid is not None and _pid_alive(pid)
+        return self.anchor_pid() is not None and pid is not None and _alive(pid)
 
     def start(self) -> None:
         """Bring the lab up; a no-op when it is already up with the same lock manager."""
@@ -323,7 +320,7 @@ class LocalLab:
         """pid of a lab daemon: libvirtd/virtlogd/virtlockd by pid file, ours by lab-pid."""
         for leaf in (f"{name}.pid", f"{name}.lab-pid"):
             pid = _read_pid(self.path("run", leaf))
-            if pid is not None and _pid_alive(pid):
+            if pid is not None and _alive(pid):
                 return pid
         return None
 
@@ -335,7 +332,7 @@ class LocalLab:
         with contextlib.suppress(ProcessLookupError):
             os.kill(pid, sig)
         wait_for(
-            lambda: not _pid_alive(pid) or _is_zombie(pid),
+            lambda: not _alive(pid),
             STOP_TIMEOUT_S,
             what=f"{name} (pid {pid}) to exit",
         )
@@ -379,7 +376,7 @@ class LocalLab:
                 os.kill(pid, signal.SIGKILL)
         if anchor is not None:
             wait_for(
-                lambda: not _pid_alive(anchor) or _is_zombie(anchor),
+                lambda: not _alive(anchor),
                 STOP_TIMEOUT_S,
                 what="lab namespace to empty",
             )
@@ -388,16 +385,7 @@ class LocalLab:
                 os.rmdir(target)  # only if still empty: never remove the host's files
         with contextlib.suppress(FileNotFoundError):
             os.unlink(self._state_file)
-        for key in ("run",):
-            shutil.rmtree(self.path(key), ignore_errors=True)
-
-
-def _is_zombie(pid: int) -> bool:
-    try:
-        with open(f"/proc/{pid}/stat", encoding="ascii", errors="replace") as f:
-            return f.read().rsplit(")", 1)[1].split()[0] == "Z"
-    except OSError:
-        return True
+        shutil.rmtree(self.path("run"), ignore_errors=True)
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -9,7 +9,9 @@ output to .lab/logs/vagrant.log and print progress lines with the elapsed time.
 
 from __future__ import annotations
 
+import contextlib
 import os
+import signal
 import subprocess
 import sys
 import threading
@@ -100,8 +102,18 @@ class Vagrant:
                 stdout=subprocess.PIPE,
                 stderr=subprocess.STDOUT,
                 text=True,
+                start_new_session=True,  # its own process group: see expire()
             )
-            timer = threading.Timer(timeout_s, proc.kill)
+            expired = threading.Event()
+
+            def expire() -> None:
+                """Kill vagrant and every child it started (ssh, helpers): a child left
+                alive would hold the output pipe open and the read below would hang."""
+                expired.set()
+                with contextlib.suppress(ProcessLookupError):
+                    os.killpg(proc.pid, signal.SIGKILL)
+
+            timer = threading.Timer(timeout_s, expire)
             timer.start()
             assert proc.stdout is not None
             try:
@@ -116,7 +128,7 @@ class Vagrant:
                 rc = proc.wait()
             finally:
                 timer.cancel()
-        if time.monotonic() - started >= timeout_s:
+        if expired.is_set():
             raise VagrantTimeout(
                 f"vagrant {what} did not finish in {timeout_s:.0f} s (log {self.log_path})"
             )

@@ -102,3 +102,10 @@ def test_commands_have_timeouts_and_strictness() -> None:
         check(["sh", "-c", "echo oops >&2; exit 3"])
     with pytest.raises(CommandTimeout, match="did not finish in 0 s"):
         run(["sleep", "5"], timeout_s=0.2)
+
+
+def test_a_timeout_also_ends_the_commands_children() -> None:
+    started = time.monotonic()
+    with pytest.raises(CommandTimeout, match="last output: 'started'"):
+        run(["sh", "-c", "echo started; sleep 30 & sleep 30"], timeout_s=0.5)
+    assert time.monotonic() - started < 10  # the grandchild held the pipe: it was killed too

@@ -3,12 +3,22 @@ settings resolution."""
 
 from __future__ import annotations
 
+import os
+import time
+from pathlib import Path
+
 import pytest
 
 from lab.health import Check, format_table, parse_lockspaces, parse_quorum
 from lab.node import parse_ssh_config
 from lab.settings import SettingsError, resolve
-from lab.vagrant import boot_or_network_timeout, parse_status
+from lab.vagrant import (
+    Vagrant,
+    VagrantError,
+    VagrantTimeout,
+    boot_or_network_timeout,
+    parse_status,
+)
 from lab.wait import LabError
 
 # Captured from vagrant 2.3.4 / vagrant-libvirt 0.11.2, corosync 3.1.7, dlm 4.2.0.
@@ -102,3 +112,27 @@ def test_settings_env_overrides_are_typed_and_checked() -> None:
         resolve(YAML, {"VIRTDLM_LAB_MEMORY_MIB": "lots"})
     with pytest.raises(SettingsError, match="expected auto, kvm or tcg"):
         resolve(YAML, {"VIRTDLM_LAB_ACCEL": "hvf"})
+
+
+def _fake_vagrant(tmp_path: Path, script: str) -> dict[str, str]:
+    exe = tmp_path / "vagrant"
+    exe.write_text(f"#!/bin/sh\n{script}\n")
+    exe.chmod(0o755)
+    return {**os.environ, "PATH": f"{tmp_path}{os.pathsep}{os.environ['PATH']}"}
+
+
+def test_a_hung_vagrant_is_a_timeout_not_a_hang(tmp_path: Path) -> None:
+    env = _fake_vagrant(tmp_path, "echo '==> node-a: Waiting for machine to boot'; sleep 30")
+    v = Vagrant(str(tmp_path), str(tmp_path / "vagrant.log"), env)
+    started = time.monotonic()
+    with pytest.raises(VagrantTimeout, match="did not finish in 1 s"):
+        v._stream(["up"], 1.0, "up")
+    assert time.monotonic() - started < 10
+    assert "Waiting for machine to boot" in (tmp_path / "vagrant.log").read_text()
+
+
+def test_a_failing_vagrant_raises_with_the_log_tail(tmp_path: Path) -> None:
+    env = _fake_vagrant(tmp_path, "echo 'The box could not be found'; exit 3")
+    v = Vagrant(str(tmp_path), str(tmp_path / "vagrant.log"), env)
+    with pytest.raises(VagrantError, match=r"(?s)failed \(rc 3\).*The box could not be found"):
+        v._stream(["up"], 30.0, "up")
