@@ -62,7 +62,9 @@ EOF
       return 0
     fi
   done
-  echo "node.sh: no interface left for the cluster network" >&2
+  echo "node.sh: $name: no en* interface without a DHCP address for the cluster network" \
+       "($ip/$prefix); interfaces: $(ip -br addr | tr '\n' ';'). Is the cluster network" \
+       "attached to the domain (virsh domiflist)?" >&2
   return 1
 }
 

@@ -183,15 +183,26 @@ def test_acquire_for_a_dead_pid_is_refused(daemon: DaemonProc, images: dict[str,
 # -- items 2 + 7 across nodes: the cluster view and a daemon restart --------------------------
 
 
+def _two_nodes_vm1_on_a(
+    make_daemon: Callable[..., DaemonProc],
+    make_qemu: Callable[..., FakeQemu],
+    images: dict[str, str],
+) -> tuple[DaemonProc, DaemonProc, FakeQemu]:
+    """Two daemons as node-a and node-b; vm-1 on node-a writes one.qcow2, shares share.raw."""
+    node_a, node_b = make_daemon(1), make_daemon(2)
+    one, share = images["one.qcow2"], images["share.raw"]
+    vm1 = make_qemu(node_a.socket, "vm-1", [disk(one), disk(share, shared=True)])
+    assert node_a.call(vm1.acquire_message())["ok"]
+    return node_a, node_b, vm1
+
+
 def test_other_node_is_refused_with_the_holder_from_the_lvb(
     make_daemon: Callable[..., DaemonProc],
     make_qemu: Callable[..., FakeQemu],
     images: dict[str, str],
 ) -> None:
-    node_a, node_b = make_daemon(1), make_daemon(2)
+    node_a, node_b, vm1 = _two_nodes_vm1_on_a(make_daemon, make_qemu, images)
     one, share = images["one.qcow2"], images["share.raw"]
-    vm1 = make_qemu(node_a.socket, "vm-1", [disk(one), disk(share, shared=True)])
-    assert node_a.call(vm1.acquire_message())["ok"]
     vm2 = make_qemu(node_b.socket, "vm-2", [disk(one)])
     _assert_busy(node_b.call(vm2.acquire_message()), one, "vm-1", "node-a", "EX")
     vm4 = make_qemu(node_b.socket, "vm-4", [disk(share, shared=True)])
@@ -205,10 +216,8 @@ def test_daemon_kill9_keeps_every_lock_and_restart_adopts_them(
     make_qemu: Callable[..., FakeQemu],
     images: dict[str, str],
 ) -> None:
-    node_a, node_b = make_daemon(1), make_daemon(2)
-    one, share = images["one.qcow2"], images["share.raw"]
-    vm1 = make_qemu(node_a.socket, "vm-1", [disk(one), disk(share, shared=True)])
-    assert node_a.call(vm1.acquire_message())["ok"]
+    node_a, node_b, vm1 = _two_nodes_vm1_on_a(make_daemon, make_qemu, images)
+    one = images["one.qcow2"]
     dead = make_qemu(node_a.socket, "vm-dead", [disk(images["two.qcow2"])])
     assert node_a.call(dead.acquire_message())["ok"]
     before = _held(node_a)
