@@ -49,7 +49,7 @@ unit: venv plugin
 
 # The single-host tier: a private libvirtd with dlm.so and real QEMU (TCG), model backend.
 check: venv plugin
-	$(PYTEST) tests/blackbox -q -rA
+	$(PYTEST) tests/blackbox/local -q -rA
 
 local-lab: venv plugin
 	$(PY) -m lab.local start
@@ -73,9 +73,13 @@ lab-clean: venv
 	rm -rf /var/lib/virtdlm/boxes
 
 # The lab tier: the two-node lab is brought up first (a no-op when it is up and
-# provisioned from this tree), so its progress shows; then the tests that need it.
+# provisioned from this tree), so its progress shows; then the backend contract suite on
+# the kernel DLM and the two-node black-box suite (tables 5-1/5-2, lifecycle, faults, the
+# control run, node failure). Reports: .lab/reports/cluster.html, cluster.json, junit.xml.
+REPORTS := .lab/reports
 lab-test: venv plugin lab
-	$(PYTEST) tests/lab -q -rA
+	mkdir -p $(REPORTS)
+	$(PYTEST) tests/lab tests/blackbox/cluster -v -rA --junitxml=$(REPORTS)/junit.xml
 
 # Every tier; exit code 5 (no tests collected) is a failure.
 test: deps unit check lab-test

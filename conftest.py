@@ -27,11 +27,18 @@ def driver_path(request: pytest.FixtureRequest) -> str:
     return str(path)
 
 
-TIER_MARKERS = {"blackbox": "local", "lab": "lab"}  # tests/<dir> -> marker
+TIER_MARKERS = {  # tests/<dir>... -> marker
+    ("blackbox", "local"): "local",
+    ("blackbox", "cluster"): "lab",
+    ("lab",): "lab",
+}
 
 
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
     for item in items:
         parts = item.path.relative_to(ROOT).parts
-        if len(parts) > 1 and parts[0] == "tests" and parts[1] in TIER_MARKERS:
-            item.add_marker(getattr(pytest.mark, TIER_MARKERS[parts[1]]))
+        if len(parts) < 2 or parts[0] != "tests":
+            continue
+        for prefix, marker in TIER_MARKERS.items():
+            if parts[1 : 1 + len(prefix)] == prefix:
+                item.add_marker(getattr(pytest.mark, marker))

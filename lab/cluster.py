@@ -214,10 +214,11 @@ class Lab:
                 "&& rm -f /tmp/virtdlm-tree.tar.gz /tmp/virtdlm-authkey"
             )
 
-    def provision(self, phase: str, names: tuple[str, ...] = NODES) -> None:
+    def provision(self, phase: str, names: tuple[str, ...] = NODES, suffix: str = "") -> None:
         for name in names:
             out = self.node(name).check(
-                f"/opt/virtdlm/lab/provision/node.sh {phase} {name}", timeout_s=PROVISION_TIMEOUT_S
+                f"/opt/virtdlm/lab/provision/node.sh {phase} {name} {suffix}".rstrip(),
+                timeout_s=PROVISION_TIMEOUT_S,
             )
             for line in out.stdout.strip().splitlines()[-3:]:
                 print(f"    {line}", file=sys.stderr)
@@ -246,6 +247,9 @@ class Lab:
                     "==> nodes already provisioned from this tree and these settings",
                     file=sys.stderr,
                 )
+                # An interrupted control run may have left libvirtd on "nop": put back
+                # the setting (a no-op that restarts nothing when it is in place).
+                self.provision("lock-manager", suffix=str(self.settings["lock_manager"]))
             else:
                 self.upload()
                 step("provision: cluster")(self.provision)("base")

@@ -24,6 +24,11 @@ class Disk:
     def image_format(self) -> str:
         return self.format or ("qcow2" if self.path.endswith(".qcow2") else "raw")
 
+    @property
+    def is_block(self) -> bool:
+        """A block device (a /dev path) rather than an image file."""
+        return self.path.startswith("/dev/")
+
 
 @dataclass(frozen=True)
 class Lease:
@@ -47,10 +52,11 @@ def disk_xml(disk: Disk, target: str) -> str:
     flags = ("<readonly/>" if disk.readonly else "") + ("<shareable/>" if disk.shareable else "")
     # Shared images must not be cached by the host; libvirt refuses writeback for them.
     cache = " cache='none'" if disk.shareable else ""
+    kind, attr = ("block", "dev") if disk.is_block else ("file", "file")
     return (
-        f"<disk type='file' device='disk'>"
+        f"<disk type='{kind}' device='disk'>"
         f"<driver name='qemu' type='{disk.image_format}'{cache}/>"
-        f"<source file={quoteattr(disk.path)}/><target dev='{target}' bus='virtio'/>"
+        f"<source {attr}={quoteattr(disk.path)}/><target dev='{target}' bus='virtio'/>"
         f"{flags}</disk>"
     )
 

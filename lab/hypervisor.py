@@ -149,8 +149,11 @@ class Hypervisor:
             if err.code == libvirt.VIR_ERR_NO_DOMAIN:
                 return
             raise
+        persistent = self.call(f"is persistent {name}", dom.isPersistent)
         if self.call(f"is active {name}", dom.isActive):
             self.call(f"destroy {name}", dom.destroy)
+        if not persistent:  # a transient domain (created, migrated in) is gone once stopped
+            return
         self.call(
             f"undefine {name}",
             dom.undefineFlags,

@@ -5,6 +5,9 @@
 #   node.sh base    NAME   hosts, corosync, dlm_controld; node-a also exports NFS
 #   node.sh storage NAME   mount the share; node-a creates the thesis images
 #   node.sh plugin  NAME   build and install dlm.so + virtdlmd, configure libvirtd
+#   node.sh lock-manager NAME dlm|nop
+#                          switch libvirtd's lock manager (the suite's control run); the
+#                          plugin phase puts back the lab setting
 #
 # Reads /opt/virtdlm/.lab/vagrant-settings.json (the host's resolved settings) and
 # /opt/virtdlm-secrets/authkey (corosync's key, made once on the host, same on both nodes).
@@ -153,6 +156,17 @@ phase_storage() {
     umount "$mnt"
   fi
   mountpoint -q "$mnt" || mount "$mnt"
+  # The shared block device: two partitions (written once, by node-a; node-b re-reads).
+  local shared=/dev/disk/by-id/virtio-virtdlm-shared
+  [ -b "$shared" ] || { log "$shared is missing: check the Vagrantfile's shared disk"; exit 1; }
+  if [ "$name" = node-a ]; then
+    python3 "$src/lab/provision/mbr.py" "$shared"
+  fi
+  if [ ! -b "$shared-part2" ]; then
+    blockdev --rereadpt "$shared"
+    udevadm settle --timeout=30
+  fi
+  [ -b "$shared-part2" ] || { log "$shared-part1/2 did not appear after re-reading"; exit 1; }
   if [ "$name" = node-a ]; then
     for img in one.qcow2:qcow2:64M two.qcow2:qcow2:64M share.raw:raw:16M; do
       IFS=: read -r file fmt size <<< "$img"
@@ -160,6 +174,27 @@ phase_storage() {
     done
   fi
   log "ok (changed: ${changed[*]:-nothing})"
+}
+
+# qemu_conf MANAGER: libvirtd's QEMU driver configuration with that lock manager.
+qemu_conf() {
+  put /etc/libvirt/qemu.conf 0600 <<EOF
+# virtdlm lab node $name
+lock_manager = "$1"
+EOF
+}
+
+phase_lock_manager() {
+  local manager=${1:-}
+  case "$manager" in
+    dlm|nop) ;;
+    *) log "lock manager '$manager': expected dlm or nop"; exit 2 ;;
+  esac
+  qemu_conf "$manager"
+  if was_changed /etc/libvirt/qemu.conf; then
+    systemctl restart libvirtd
+  fi
+  log "ok: lock_manager = \"$manager\" (changed: ${changed[*]:-nothing})"
 }
 
 phase_plugin() {
@@ -185,10 +220,7 @@ backend = "dlm"
 lockspace_name = "libvirt"
 node_name = "$name"
 EOF
-  put /etc/libvirt/qemu.conf 0600 <<EOF
-# virtdlm lab node $name
-lock_manager = "$(s lock_manager)"
-EOF
+  qemu_conf "$(s lock_manager)"
   # Live migration over TCP on the isolated cluster network, without auth: lab only.
   put /etc/libvirt/libvirtd.conf 0644 <<EOF
 auth_tcp = "none"
@@ -213,5 +245,6 @@ case "$phase" in
   base) phase_base ;;
   storage) phase_storage ;;
   plugin) phase_plugin ;;
-  *) echo "node.sh: unknown phase '$phase' (base, storage, plugin)" >&2; exit 2 ;;
+  lock-manager) phase_lock_manager "${3:-}" ;;
+  *) echo "node.sh: unknown phase '$phase' (base, storage, plugin, lock-manager)" >&2; exit 2 ;;
 esac

@@ -9,7 +9,8 @@ The rule (documented in README.md, "Disk identity"):
      (e.g. ``nfs:server:/srv/export``), so every node naming the export the same way
      gets the same identity, wherever it is mounted;
    - block devices (the path itself is a block device): ``blk:<serial or wwid>`` from sysfs,
-     else ``blk:<major>:<minor>`` (same host only);
+     a partition as ``blk:<its disk's serial or wwid>:part<N>``, else
+     ``blk:<major>:<minor>`` (same host only);
    - other (local) filesystems: ``dev:<major>:<minor>`` of the mounted filesystem.
    plus the mount's *root* within that filesystem (the 4th mountinfo field, so bind
    mounts of a subtree agree) plus the path below the mount point.
@@ -114,17 +115,38 @@ def identity_in_mount(mount: Mount, real_path: str) -> str:
     return f"dev:{mount.major_minor}:{inner}"
 
 
-def _block_device_identity(real_path: str, rdev: int) -> str:
-    major, minor = os.major(rdev), os.minor(rdev)
-    sysdir = f"/sys/dev/block/{major}:{minor}"
+def _read_sys(path: str) -> str:
+    try:
+        with open(path, encoding="utf-8") as f:
+            return f.read().strip()
+    except OSError:
+        return ""
+
+
+def _sysfs_disk_name(disk_dir: str) -> str:
     for leaf in ("device/wwid", "wwid", "device/serial", "serial"):
-        try:
-            with open(os.path.join(sysdir, leaf), encoding="utf-8") as f:
-                value = f.read().strip()
-        except OSError:
-            continue
+        value = _read_sys(os.path.join(disk_dir, leaf))
         if value:
-            return f"blk:{value}"
+            return value
+    return ""
+
+
+def block_device_identity(rdev: int, sys_root: str = "/sys") -> str:
+    """``blk:<wwid or serial>`` of a whole disk; a partition is its disk's name plus
+    ``:part<N>`` (a partition has no serial of its own in sysfs). Without either:
+    ``blk:<major>:<minor>``, which holds on this host only."""
+    major, minor = os.major(rdev), os.minor(rdev)
+    sysdir = os.path.join(sys_root, "dev", "block", f"{major}:{minor}")
+    part = _read_sys(os.path.join(sysdir, "partition"))
+    if part:
+        parent = os.path.dirname(os.path.realpath(sysdir))
+        name = _sysfs_disk_name(parent)
+        if name:
+            return f"blk:{name}:part{part}"
+    else:
+        name = _sysfs_disk_name(sysdir)
+        if name:
+            return f"blk:{name}"
     return f"blk:{major}:{minor}"
 
 
@@ -141,7 +163,7 @@ def disk_identities(paths: list[str], mountinfo_path: str = MOUNTINFO_PATH) -> l
             out.append(f"path:{os.path.normpath(os.path.abspath(path))}")
             continue
         if stat.S_ISBLK(st.st_mode):
-            out.append(_block_device_identity(real, st.st_rdev))
+            out.append(block_device_identity(st.st_rdev))
             continue
         if by_device is None:
             with open(mountinfo_path, encoding="utf-8") as f:

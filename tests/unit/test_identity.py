@@ -7,6 +7,7 @@ import os
 import pytest
 
 from virtdlm.identity import (
+    block_device_identity,
     disk_identity,
     disk_resource_name,
     find_mount,
@@ -82,3 +83,31 @@ def test_resource_names_fit_the_dlm_limit(identity: str) -> None:
 def test_lease_names_separate_lockspace_and_key() -> None:
     assert lease_resource_name("a", "bc") != lease_resource_name("ab", "c")
     assert len(lease_resource_name("ls", "k" * 256).encode()) <= 64
+
+
+def _fake_sysfs(root: str) -> None:
+    """sysfs as a virtio disk vdb (serial virtdlm-shared) with two partitions shows it."""
+    disk = os.path.join(root, "devices", "pci0000:00", "virtio5", "block", "vdb")
+    for rel, text in {
+        "serial": "virtdlm-shared\n",
+        "vdb1/partition": "1\n",
+        "vdb2/partition": "2\n",
+    }.items():
+        os.makedirs(os.path.dirname(os.path.join(disk, rel)), exist_ok=True)
+        with open(os.path.join(disk, rel), "w") as f:
+            f.write(text)
+    os.makedirs(os.path.join(root, "dev", "block"))
+    for dev, rel in {"254:16": "", "254:17": "vdb1", "254:18": "vdb2"}.items():
+        os.symlink(os.path.join(disk, rel), os.path.join(root, "dev", "block", dev))
+
+
+def test_a_partition_is_named_by_its_disks_serial_and_its_number(tmp_path) -> None:
+    root = str(tmp_path)
+    _fake_sysfs(root)
+    assert block_device_identity(os.makedev(254, 16), root) == "blk:virtdlm-shared"
+    assert block_device_identity(os.makedev(254, 17), root) == "blk:virtdlm-shared:part1"
+    assert block_device_identity(os.makedev(254, 18), root) == "blk:virtdlm-shared:part2"
+
+
+def test_a_block_device_sysfs_cannot_name_falls_back_to_major_minor(tmp_path) -> None:
+    assert block_device_identity(os.makedev(7, 3), str(tmp_path)) == "blk:7:3"

@@ -77,6 +77,16 @@ def test_domain_xml_carries_disk_flags_and_leases() -> None:
     assert [d.find("target").get("dev") for d in disks] == ["vda", "vdb"]
 
 
+def test_a_dev_path_is_a_block_disk_and_the_audit_sees_it() -> None:
+    part = "/dev/disk/by-id/virtio-virtdlm-shared-part1"
+    xml = domain_xml(DomainSpec("vm-1", (Disk(part),)))
+    disk = ET.fromstring(xml).find("./devices/disk")
+    assert disk.get("type") == "block" and disk.find("source").get("dev") == part
+    assert disk.find("driver").get("type") == "raw"
+    other = domain_xml(DomainSpec("vm-2", (Disk(part),)))
+    assert double_writers({"a/vm-1": xml, "b/vm-2": other}) == {part: ["a/vm-1", "b/vm-2"]}
+
+
 def test_log_watch_reports_only_new_bad_lines(tmp_path: object) -> None:
     path = f"{tmp_path}/d.log"
     with open(path, "w") as f:
@@ -109,3 +119,17 @@ def test_a_timeout_also_ends_the_commands_children() -> None:
     with pytest.raises(CommandTimeout, match="last output: 'started'"):
         run(["sh", "-c", "echo started; sleep 30 & sleep 30"], timeout_s=0.5)
     assert time.monotonic() - started < 10  # the grandchild held the pipe: it was killed too
+
+
+def test_the_shared_disk_gets_two_aligned_halves() -> None:
+    import struct
+
+    from lab.provision.mbr import two_halves
+
+    mbr = two_halves(2 * 1024 * 1024)  # 1 GiB in sectors
+    assert len(mbr) == 512 and mbr[510:] == b"\x55\xaa"
+    (_, _, t1, _, lba1, n1), (_, _, t2, _, lba2, n2) = (
+        struct.unpack("<B3sB3sII", mbr[446 + 16 * i : 462 + 16 * i]) for i in (0, 1)
+    )
+    assert (t1, t2) == (0x83, 0x83) and lba1 == 2048 and lba2 == lba1 + n1 and n1 == n2
+    assert lba2 % 2048 == 0 and lba2 + n2 <= 2 * 1024 * 1024

@@ -1,0 +1,330 @@
+"""Drive the two-node lab as the black-box suite sees it: steps on a node, each recorded.
+
+Every step runs with a deadline (libvirt calls through lab.hypervisor, shell commands
+through lab.node), is recorded with its outcome (``ok`` or the layer that refused), libvirt
+error code and time, and is followed by the invariant across both nodes: no exclusive disk
+open read/write by two running domains. Shell-level faults (kill -9, restarts, power-off)
+are steps too, so a scenario reads as the list of what was done where.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import shlex
+import time
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass, field
+from typing import Any
+
+import libvirt
+
+from .audit import AuditFailure, double_writers
+from .domain import Disk, DomainSpec, domain_xml
+from .hypervisor import Hypervisor, LibvirtFailure
+from .node import Node
+from .refusal import Refusal
+from .wait import LabError, wait_for
+
+OK = "ok"
+NODE_A, NODE_B = "node-a", "node-b"
+SHARED_DISK = "/dev/disk/by-id/virtio-virtdlm-shared"
+RELEASE_DEADLINE_S = 2.0  # a dead QEMU's locks are free on every node within this
+MIGRATE_TIMEOUT_S = 240.0
+SAVE_TIMEOUT_S = 180.0
+
+
+@dataclass
+class StepResult:
+    node: str
+    action: str
+    vm: str
+    outcome: str  # OK or the refusing layer (lab.refusal)
+    code: int | None
+    seconds: float
+    message: str = ""
+    refusal: Refusal | None = None
+
+    @property
+    def holder(self) -> str:
+        """'vm@node' the lock manager named as the holder, if it refused."""
+        r = self.refusal
+        return f"{r.holder_domain}@{r.holder_node}" if r and r.holder_domain else ""
+
+    def describe(self) -> str:
+        code = f" code {self.code}" if self.code is not None else ""
+        msg = f": {self.message}" if self.message else ""
+        return f"[{self.node}] {self.action} {self.vm} -> {self.outcome}{code}{msg}"
+
+
+@dataclass(frozen=True)
+class Step:
+    """One step of a case, as data: an action on a node, and what must come of it."""
+
+    node: str
+    action: str  # start | migrate | suspend | resume | destroy
+    vm: str
+    to: str = ""  # migrate: the destination node
+    expect: str = OK  # OK or the layer that must refuse (lab.refusal)
+    code: int | None = None  # the libvirt error code a refusal must carry (None: any)
+    holder: str = ""  # "vm@node" the lock manager must name as the holder
+
+    def describe(self) -> str:
+        where = f"{self.node} -> {self.to}" if self.to else self.node
+        return f"{self.action} {self.vm} on {where}"
+
+
+@dataclass(frozen=True)
+class Storage:
+    """Where the thesis's three disks live: image files on the NFS share, or the two
+    partitions of the shared block device (where QEMU's image locks cannot cross nodes)."""
+
+    name: str
+    one: str
+    two: str
+    share: str
+
+
+def nfs_storage(mount_point: str) -> Storage:
+    return Storage(
+        "nfs",
+        f"{mount_point}/one.qcow2",
+        f"{mount_point}/two.qcow2",
+        f"{mount_point}/share.raw",
+    )
+
+
+BLOCK = Storage("block", f"{SHARED_DISK}-part1", f"{SHARED_DISK}-part2", f"{SHARED_DISK}-part2")
+
+
+def thesis_vms(storage: Storage, domain_type: str = "qemu") -> dict[str, DomainSpec]:
+    """vm-1..vm-4 of the thesis's tables 5-1 and 5-2 on this storage."""
+    disks = {
+        "vm-1": (Disk(storage.one), Disk(storage.share, shareable=True)),
+        "vm-2": (Disk(storage.one),),
+        "vm-3": (Disk(storage.one, readonly=True),),
+        "vm-4": (Disk(storage.share, shareable=True),),
+    }
+    # One uuid per name and storage, the same on both nodes: it is the same VM wherever it runs.
+    return {
+        name: DomainSpec(name, d, domain_type=domain_type, uuid=_stable_uuid(storage.name, name))
+        for name, d in disks.items()
+    }
+
+
+def _stable_uuid(*parts: str) -> str:
+    import uuid
+
+    return str(uuid.uuid5(uuid.NAMESPACE_URL, "virtdlm-lab:" + "/".join(parts)))
+
+
+@dataclass
+class TwoNode:
+    nodes: dict[str, Node]
+    hv: dict[str, Hypervisor]
+    steps: list[StepResult] = field(default_factory=list)
+    on_step: Callable[[StepResult], None] | None = None
+    down: set[str] = field(default_factory=set)  # nodes powered off: skipped by the audits
+
+    @classmethod
+    def connect(cls, nodes: dict[str, Node]) -> TwoNode:
+        """libvirt over TCP to each node's management address (the nodes' libvirtd-tcp)."""
+        hv = {n: Hypervisor(f"qemu+tcp://{node.ssh.host}/system", n) for n, node in nodes.items()}
+        return cls(nodes, hv)
+
+    def close(self) -> None:
+        for h in self.hv.values():
+            with contextlib.suppress(LabError, libvirt.libvirtError):
+                h.close()
+
+    # -- the step runner ------------------------------------------------------------------
+
+    def step(self, node: str, action: str, vm: str, fn: Callable[[], Any]) -> StepResult:
+        started = time.monotonic()
+        try:
+            fn()
+            result = StepResult(node, action, vm, OK, None, time.monotonic() - started)
+        except LibvirtFailure as err:
+            result = StepResult(
+                node,
+                action,
+                vm,
+                err.layer,
+                err.code,
+                time.monotonic() - started,
+                err.message,
+                err.refusal,
+            )
+        self.steps.append(result)
+        if self.on_step is not None:
+            self.on_step(result)
+        self.invariant(after=result.describe())
+        return result
+
+    def invariant(self, after: str = "") -> None:
+        """No exclusive disk is open read/write by two running domains, across both nodes."""
+        running: dict[str, str] = {}
+        for name, h in self.hv.items():
+            if name in self.down:  # a node powered off runs nothing
+                continue
+            for dom in h.call(
+                "running domains", h.conn.listAllDomains, libvirt.VIR_CONNECT_LIST_DOMAINS_RUNNING
+            ):
+                running[f"{name}/{dom.name()}"] = h.call("xml", dom.XMLDesc, 0)
+        doubles = double_writers(running)
+        if doubles:
+            raise AuditFailure(f"two running domains write one disk after {after}: {doubles}")
+
+    # -- libvirt steps --------------------------------------------------------------------
+
+    def start(self, node: str, spec: DomainSpec) -> StepResult:
+        h = self.hv[node]
+        return self.step(node, "start", spec.name, lambda: (h.define(spec), h.start(spec.name)))
+
+    def migrate(
+        self, vm: str, src: str, dst: str, dest_spec: DomainSpec | None = None
+    ) -> StepResult:
+        """Live, peer to peer: the source libvirtd reaches the destination's over the
+        cluster network by name, as an admin's `virsh migrate --live --p2p` does."""
+        h = self.hv[src]
+        params: dict[str, Any] = {}
+        if dest_spec is not None:
+            params[libvirt.VIR_MIGRATE_PARAM_DEST_XML] = domain_xml(dest_spec)
+        flags = libvirt.VIR_MIGRATE_LIVE | libvirt.VIR_MIGRATE_PEER2PEER
+
+        def go() -> None:
+            dom = h.lookup(vm)
+            h.call(
+                f"migrate {vm} to {dst}",
+                dom.migrateToURI3,
+                f"qemu+tcp://{dst}/system",
+                params,
+                flags,
+                timeout_s=MIGRATE_TIMEOUT_S,
+            )
+
+        return self.step(src, f"migrate to {dst}", vm, go)
+
+    def suspend(self, node: str, vm: str) -> StepResult:
+        return self.step(node, "suspend", vm, lambda: self.hv[node].suspend(vm))
+
+    def resume(self, node: str, vm: str) -> StepResult:
+        return self.step(node, "resume", vm, lambda: self.hv[node].resume(vm))
+
+    def destroy(self, node: str, vm: str) -> StepResult:
+        return self.step(node, "destroy", vm, lambda: self.hv[node].destroy(vm))
+
+    def save(self, node: str, vm: str, path: str) -> StepResult:
+        h = self.hv[node]
+        return self.step(
+            node,
+            "save",
+            vm,
+            lambda: h.call(f"save {vm}", h.lookup(vm).save, path, timeout_s=SAVE_TIMEOUT_S),
+        )
+
+    def restore(self, node: str, vm: str, path: str) -> StepResult:
+        h = self.hv[node]
+        return self.step(
+            node,
+            "restore",
+            vm,
+            lambda: h.call(f"restore {path}", h.conn.restore, path, timeout_s=SAVE_TIMEOUT_S),
+        )
+
+    def play(self, step: Step, vms: dict[str, DomainSpec]) -> StepResult:
+        """Run one data step (no assertion: the caller compares with step.expect)."""
+        if step.action == "start":
+            return self.start(step.node, vms[step.vm])
+        if step.action == "migrate":
+            return self.migrate(step.vm, step.node, step.to)
+        if step.action in ("suspend", "resume", "destroy"):
+            return getattr(self, step.action)(step.node, step.vm)  # type: ignore[no-any-return]
+        raise ValueError(f"unknown step action {step.action!r}")
+
+    # -- shell steps (faults) -------------------------------------------------------------
+
+    def shell(self, node: str, action: str, command: str, timeout_s: float = 60.0) -> str:
+        """A shell step on a node; it must succeed. Returns its stdout."""
+        out: list[str] = []
+        self.step(
+            node,
+            action,
+            "",
+            lambda: out.append(self.nodes[node].check(command, timeout_s=timeout_s).stdout),
+        )
+        return out[0]
+
+    def qemu_pid(self, node: str, vm: str) -> int:
+        text = self.nodes[node].check(f"cat /run/libvirt/qemu/{shlex.quote(vm)}.pid").stdout
+        return int(text.strip())
+
+    def kill_qemu(self, node: str, vm: str) -> float:
+        """kill -9 the domain's QEMU; returns the seconds until the node's virtdlmd holds no
+        lock of that domain any more (measured on the node, polling every 20 ms)."""
+        pid = self.qemu_pid(node, vm)
+        script = (
+            f"kill -9 {pid}; t0=$(date +%s%N); "
+            f'while virtdlm locks --json | grep -q \'"domain": "{vm}"\'; do '
+            f"  sleep 0.02; "
+            f"  [ $(( $(date +%s%N) - t0 )) -gt 10000000000 ] && break; "
+            f"done; echo $(( ($(date +%s%N) - t0) / 1000000 ))"
+        )
+        out = self.shell(node, f"kill -9 qemu of {vm}", script, timeout_s=30)
+        return int(out.strip().splitlines()[-1]) / 1000.0
+
+    # -- what the lock daemons hold -------------------------------------------------------
+
+    def locks(self, node: str) -> list[dict[str, Any]]:
+        out = self.nodes[node].check("virtdlm locks --json", timeout_s=20).stdout
+        return list(json.loads(out))
+
+    def held(self, node: str) -> set[tuple[str, str, str]]:
+        """{(domain, disk path, mode)} of every lock the node's virtdlmd holds."""
+        return {(lk["domain"], lk["path"], lk["mode"]) for lk in self.locks(node)}
+
+    def wait_no_locks(self, names: Iterable[str], deadline_s: float = RELEASE_DEADLINE_S) -> None:
+        for name in names:
+            wait_for(
+                lambda name=name: self.locks(name) == [],
+                deadline_s,
+                0.1,
+                f"virtdlmd on {name} to hold no lock",
+            )
+
+    # -- cleanup --------------------------------------------------------------------------
+
+    def reconnect_if_broken(self, node: str) -> None:
+        """A libvirtd restart or a node reboot breaks the TCP connection: open a new one."""
+        h = self.hv[node]
+        try:
+            h.call("ping", h.conn.getLibVersion, timeout_s=10)
+        except LabError:
+            h.reconnect()
+
+    def remove_everything(self) -> None:
+        """Every domain on both nodes: running, paused, defined, with a managed save."""
+        for name in self.hv:
+            if name in self.down:
+                continue
+            self.reconnect_if_broken(name)
+            self.hv[name].remove_all()
+
+
+def versions(node: Node) -> dict[str, str]:
+    """What the lab runs, for the report: kernel, libvirt, QEMU, corosync, dlm."""
+    queries = {
+        "kernel": "uname -r",
+        "libvirt": "dpkg-query -W -f '${Version}' libvirt-daemon",
+        "qemu": "dpkg-query -W -f '${Version}' qemu-system-x86",
+        "corosync": "dpkg-query -W -f '${Version}' corosync",
+        "dlm": "dpkg-query -W -f '${Version}' dlm-controld",
+        "debian": "cat /etc/debian_version",
+    }
+    out = {}
+    for key, cmd in queries.items():
+        try:
+            out[key] = node.run(cmd, timeout_s=20).stdout.strip() or "?"
+        except LabError as err:
+            out[key] = f"? ({err})"
+    return out

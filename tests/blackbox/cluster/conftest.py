@@ -1,0 +1,175 @@
+"""Fixtures of the two-node black-box suite, its audits and its report.
+
+The lab is brought up if it is not (``make lab``); libvirt is driven over TCP from this host
+(lab.twonode), shell faults over SSH. After every step the invariant is checked across both
+nodes (lab.twonode.TwoNode.invariant); after every test all domains go and neither node's
+virtdlmd may hold a lock. The rows land in .lab/reports/cluster.{html,json}; JUnit XML comes
+from pytest's --junitxml (the Makefile passes .lab/reports/cluster-junit.xml).
+"""
+
+from __future__ import annotations
+
+import datetime
+import json
+import os
+import time
+from collections.abc import Callable, Iterator
+from typing import Any
+
+import pytest
+
+from lab import report
+from lab.cluster import NODES, Lab
+from lab.node import Node
+from lab.settings import LAB_DIR, lab_prefix
+from lab.twonode import RELEASE_DEADLINE_S, StepResult, TwoNode, versions
+
+REPORT_DIR = os.path.join(LAB_DIR, "reports")
+CASE_TIMEOUT_S = 420  # pytest-timeout for one case: each of its steps has its own deadline
+ROWS: list[report.Row] = []
+META: dict[str, Any] = {}
+# The modules run in this order: the cheap, harmless rows first, the node power-off last.
+MODULE_ORDER = ("test_tables", "test_lifecycle", "test_control_nop", "test_node_failure")
+
+Record = Callable[..., report.Row]
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    here = os.path.dirname(os.path.abspath(__file__))
+
+    def rank(item: pytest.Item) -> int:
+        if os.path.dirname(str(item.path)) != here:
+            return -1  # other tiers' tests keep their place, before this suite
+        name = item.path.stem
+        return MODULE_ORDER.index(name) if name in MODULE_ORDER else len(MODULE_ORDER)
+
+    items.sort(key=rank)  # stable: the order inside a module stays
+
+
+@pytest.fixture(scope="session")
+def lab() -> Lab:
+    lab = Lab()
+    if not lab.is_up():
+        lab.up()
+    return lab
+
+
+@pytest.fixture(scope="session")
+def nodes(lab: Lab) -> dict[str, Node]:
+    return {name: lab.node(name) for name in NODES}
+
+
+def lock_manager_of(node: Node) -> str:
+    text = node.check("grep -h '^lock_manager' /etc/libvirt/qemu.conf || true").stdout
+    return text.split("=", 1)[1].strip().strip('"') if "=" in text else "nop"
+
+
+@pytest.fixture(scope="session")
+def tn(lab: Lab, nodes: dict[str, Node]) -> Iterator[TwoNode]:
+    managers = {n: lock_manager_of(node) for n, node in nodes.items()}
+    if set(managers.values()) != {"dlm"}:
+        pytest.fail(
+            f"the lab's libvirtd runs lock managers {managers}; the suite needs dlm on both "
+            "(the control run switches to nop by itself): run 'make lab' with "
+            "lock_manager: dlm in lab/settings.yaml"
+        )
+    META["versions"] = {n: versions(node) for n, node in nodes.items()}
+    META["settings"] = {**lab.settings, "prefix": lab_prefix()}
+    two = TwoNode.connect(nodes)
+    two.remove_everything()  # what an interrupted earlier run may have left
+    two.wait_no_locks(NODES, RELEASE_DEADLINE_S)
+    yield two
+    two.close()
+
+
+@pytest.fixture(scope="session")
+def mount_point(lab: Lab) -> str:
+    return str(lab.settings["mount_point"])
+
+
+@pytest.fixture(autouse=True)
+def clean_cluster(tn: TwoNode) -> Iterator[None]:
+    """Before: nothing runs. After: every domain gone, no lock left on either node, both
+    lock daemons alive."""
+    tn.steps.clear()
+    yield
+    tn.on_step = None
+    tn.remove_everything()
+    up = [n for n in NODES if n not in tn.down]
+    tn.wait_no_locks(up, RELEASE_DEADLINE_S)
+    for name in up:
+        status = json.loads(tn.nodes[name].check("virtdlm status --json", timeout_s=20).stdout)
+        assert status.get("backend") == "libdlm", f"virtdlmd on {name}: {status}"
+
+
+@pytest.fixture
+def record(
+    request: pytest.FixtureRequest, record_property: Callable[[str, object], None]
+) -> Record:
+    """record(table, case, result, expected, thesis="", note="") -> the report row."""
+
+    def add(
+        table: str,
+        case: str,
+        result: StepResult,
+        expected: str,
+        thesis: str = "",
+        note: str = "",
+    ) -> report.Row:
+        holder = f" (holder {result.holder})" if result.holder else ""
+        row = report.Row(
+            table=table,
+            case=case,
+            node=result.node,
+            action=f"{result.action} {result.vm}".strip(),
+            thesis=thesis,
+            expected=expected,
+            actual=result.outcome,
+            code="" if result.code is None else str(result.code),
+            seconds=round(result.seconds, 2),
+            note=(note + holder).strip(),
+            test=request.node.nodeid,
+        )
+        ROWS.append(row)
+        record_property(f"row {len(ROWS)}", json.dumps(row.__dict__))
+        return row
+
+    return add
+
+
+@pytest.hookimpl(hookwrapper=True)
+def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo[None]) -> Iterator[None]:
+    outcome = yield
+    rep = outcome.get_result()
+    if rep.when == "call" or rep.failed:
+        if hasattr(rep, "wasxfail"):
+            verdict = "xfailed" if rep.skipped else "xpassed"
+        else:
+            verdict = rep.outcome
+        for row in ROWS:
+            if row.test == item.nodeid and (rep.when == "call" or verdict == "failed"):
+                row.verdict = verdict
+
+
+def pytest_sessionstart(session: pytest.Session) -> None:
+    META["started"] = datetime.datetime.now().isoformat(timespec="seconds")
+    META["t0"] = time.monotonic()
+
+
+def pytest_sessionfinish(session: pytest.Session) -> None:
+    if not ROWS:
+        return
+    META["duration"] = f"{time.monotonic() - META.pop('t0', time.monotonic()):.0f} s"
+    report.write_json(os.path.join(REPORT_DIR, "cluster.json"), ROWS, META)
+    with open(os.path.join(REPORT_DIR, "cluster.html"), "w", encoding="utf-8") as f:
+        f.write(report.render_html(ROWS, META))
+
+
+def pytest_terminal_summary(terminalreporter: Any) -> None:
+    if not ROWS:
+        return
+    tr = terminalreporter
+    tr.section("two-node black-box matrix (thesis 2018 vs measured today)")
+    for line in report.render_text(ROWS):
+        tr.write_line(line)
+    tr.write_line(f"report: {os.path.join(REPORT_DIR, 'cluster.html')} (and cluster.json)")

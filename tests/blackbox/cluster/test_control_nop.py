@@ -1,0 +1,73 @@
+"""The control run: the protection rows with libvirt's "nop" lock manager on both nodes.
+
+Without a lock manager nothing stops a second writer on the other node (QEMU's image locks
+are per host, NFSv3 here has no cross-node locks, and a block device has none at all), so
+each of these rows must fail: the double start happens and the cross-node invariant sees
+two running domains writing one disk. The rows are strict expected failures: if the suite
+ever saw protection under "nop", it could not be trusted to see its absence under "dlm".
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+
+import pytest
+
+from lab.audit import AuditFailure
+from lab.cluster import NODES, Lab
+from lab.domain import DomainSpec
+from lab.twonode import TwoNode
+
+from .cases import PROTECTION_ROWS, Case
+from .conftest import CASE_TIMEOUT_S, Record, lock_manager_of
+from .test_tables import assert_as_expected, probe, run_setup, vms_for
+
+pytestmark = pytest.mark.timeout(CASE_TIMEOUT_S)
+
+NODE_SH = "/opt/virtdlm/lab/provision/node.sh"
+
+
+def switch_lock_manager(tn: TwoNode, manager: str) -> None:
+    for name in NODES:
+        tn.nodes[name].check(f"{NODE_SH} lock-manager {name} {manager}", timeout_s=120)
+        tn.hv[name].reconnect()  # libvirtd restarted
+        assert lock_manager_of(tn.nodes[name]) == manager
+
+
+@pytest.fixture(scope="module", autouse=True)
+def nop_lock_manager(lab: Lab, tn: TwoNode) -> Iterator[None]:
+    tn.remove_everything()
+    switch_lock_manager(tn, "nop")
+    try:
+        yield
+    finally:
+        tn.remove_everything()
+        switch_lock_manager(tn, str(lab.settings["lock_manager"]))
+
+
+def _control_table(case: Case) -> Case:
+    return Case(
+        f"control run: lock_manager = nop — {case.table}",
+        case.case,
+        case.storage,
+        case.setup,
+        case.probe,
+        case.thesis,
+        "expected to start: nothing guards the disk across nodes without a lock manager",
+        case.protection,
+    )
+
+
+@pytest.mark.xfail(
+    strict=True,
+    raises=(AssertionError, AuditFailure),
+    reason="control run: lock_manager = nop cannot protect a disk across nodes",
+)
+@pytest.mark.parametrize("case", PROTECTION_ROWS, ids=[c.id for c in PROTECTION_ROWS])
+def test_protection_row_without_a_lock_manager(
+    tn: TwoNode, mount_point: str, record: Record, case: Case
+) -> None:
+    vms: dict[str, DomainSpec] = vms_for(case, mount_point)
+    run_setup(tn, case, vms)
+    result = probe(tn, _control_table(case), vms, record)
+    assert_as_expected(case.probe, result)

@@ -1,0 +1,120 @@
+"""Node failure: node-a is powered off hard while vm-1 runs there and holds its disk.
+
+The disk is the shared block device (node-a also serves the NFS share, which is gone with
+it). node-b keeps trying to start vm-1: the lock manager refuses while node-a's locks stand,
+and the start succeeds once corosync has declared node-a dead and the DLM has recovered the
+lockspace without it. The time from power-off to that start is measured and reported.
+Then node-a is powered on again and the cluster must heal: quorate with two members, the
+lockspace joined on both, the share mounted, virtdlmd up, and a live migration a -> b.
+
+The lab runs without fencing (lab/provision/node.sh); a production cluster fences node-a
+before the DLM recovers, and that time adds to what is measured here.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Iterator
+
+import pytest
+
+from lab.cluster import HOST_URI, NODES, Lab
+from lab.command import check as host_check
+from lab.health import node_checks, smoke_migration
+from lab.node import Node
+from lab.refusal import LOCK_MANAGER
+from lab.settings import lab_prefix
+from lab.twonode import BLOCK, NODE_A, NODE_B, OK, StepResult, TwoNode, thesis_vms
+from lab.wait import LabError, wait_for
+
+from .conftest import Record
+
+# power-off, DLM recovery, a TCG boot of node-a and its rejoin, a smoke migration
+pytestmark = pytest.mark.timeout(1500)
+
+TABLE = "node failure (shared block device)"
+RECOVERY_DEADLINE_S = 180.0
+HEAL_DEADLINE_S = 600.0
+
+
+def host_virsh(*args: str, timeout_s: float = 60.0) -> None:
+    host_check(["virsh", "-c", HOST_URI, *args], timeout_s=timeout_s)
+
+
+def healthy(nodes: dict[str, Node], settings: dict[str, object]) -> bool:
+    try:
+        return all(c.ok for n in nodes.values() for c in node_checks(n, dict(settings)))
+    except LabError:
+        return False
+
+
+@pytest.fixture
+def node_a_comes_back(lab: Lab, tn: TwoNode) -> Iterator[None]:
+    """Whatever happens in the test, node-a is powered on again and the lab healed."""
+    yield
+    if NODE_A in tn.down:
+        power_on_and_heal(lab, tn)
+
+
+def power_on_and_heal(lab: Lab, tn: TwoNode) -> None:
+    host_virsh("start", lab_prefix() + NODE_A)
+    tn.nodes[NODE_A].close()  # the old SSH session died with the node
+    wait_for(lambda: healthy(tn.nodes, lab.settings), HEAL_DEADLINE_S, 5, "the lab to heal")
+    tn.down.discard(NODE_A)
+    tn.reconnect_if_broken(NODE_A)
+
+
+def test_node_a_powered_off_node_b_starts_vm1_after_dlm_recovery_and_the_cluster_heals(
+    lab: Lab, tn: TwoNode, record: Record, node_a_comes_back: None
+) -> None:
+    vm1 = thesis_vms(BLOCK)["vm-1"]
+    first = tn.start(NODE_A, vm1)
+    record(TABLE, "vm-1 starts on node-a", first, OK)
+    assert first.outcome == OK, first.describe()
+
+    powered_off = time.monotonic()
+    host_virsh("destroy", lab_prefix() + NODE_A)  # a hard power-off: no shutdown, no lock release
+    tn.down.add(NODE_A)
+    refusals = 0
+    while True:
+        result = tn.start(NODE_B, vm1)
+        if result.outcome == OK:
+            break
+        assert result.outcome == LOCK_MANAGER, result.describe()
+        refusals += 1
+        assert time.monotonic() - powered_off < RECOVERY_DEADLINE_S, (
+            f"node-b still refused vm-1 {RECOVERY_DEADLINE_S:.0f} s after node-a's power-off"
+        )
+        time.sleep(1)
+    recovered_s = time.monotonic() - powered_off
+    record(
+        TABLE,
+        "node-a powered off: vm-1 starts on node-b",
+        StepResult(NODE_B, "start", "vm-1", OK, None, recovered_s),
+        OK,
+        note=f"seconds: power-off to a successful start on node-b ({refusals} refusals "
+        "by the lock manager before, while node-a's locks stood)",
+    )
+    assert {(d, m) for d, _, m in tn.held(NODE_B)} == {("vm-1", "EX"), ("vm-1", "PR")}
+    tn.destroy(NODE_B, "vm-1")
+
+    healing = time.monotonic()
+    power_on_and_heal(lab, tn)
+    smoke = smoke_migration({n: tn.nodes[n] for n in NODES}, dict(lab.settings))
+    healed = StepResult(
+        NODE_A,
+        "power on, rejoin",
+        "",
+        OK if smoke.ok else "other",
+        None,
+        time.monotonic() - healing,
+        smoke.detail,
+    )
+    record(
+        TABLE,
+        "node-a back: the cluster heals",
+        healed,
+        OK,
+        note="seconds: power-on to every health check green and a live migration a -> b",
+    )
+    assert smoke.ok, smoke.detail
