@@ -43,6 +43,21 @@ def parse_lockspaces(text: str) -> list[str]:
     return re.findall(r"^name\s+(\S+)", text, re.M)
 
 
+def parse_lockspace(text: str, name: str) -> tuple[list[int], int] | None:
+    """(member node ids, flags) of one lockspace in `dlm_tool ls`, or None if absent.
+    flags 0 means running; a lockspace in recovery shows other flags."""
+    for block in re.split(r"\n\s*\n", text):
+        if re.search(rf"^name\s+{re.escape(name)}\s*$", block, re.M) is None:
+            continue
+        members = re.search(r"^members\s+([\d ]*)$", block, re.M)
+        flags = re.search(r"^flags\s+(0x[0-9a-fA-F]+)", block, re.M)
+        return (
+            [int(m) for m in members.group(1).split()] if members else [],
+            int(flags.group(1), 16) if flags else -1,
+        )
+    return None
+
+
 def format_table(checks: list[Check]) -> str:
     rows = [("CHECK", "NODE", "OK", "DETAIL")] + [
         (c.name, c.node, "yes" if c.ok else "NO", c.detail) for c in checks

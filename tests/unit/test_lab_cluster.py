@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from lab.health import Check, format_table, parse_lockspaces, parse_quorum
+from lab.health import Check, format_table, parse_lockspace, parse_lockspaces, parse_quorum
 from lab.node import parse_ssh_config
 from lab.settings import SettingsError, resolve
 from lab.vagrant import (
@@ -61,6 +61,15 @@ id            0x85693d0b
 name          libvirt
 id            0x021b96b7
 members       1 2
+"""
+# node-b's view right after node-a failed: node 1 removed, recovery done (flags 0).
+DLM_LS_AFTER_FAILURE = """\
+dlm lockspaces
+name          libvirt
+id            0x021b96b7
+flags         0x00000000 
+change        member 1 joined 0 remove 1 failed 1 seq 4,4
+members       2 
 """
 YAML = "memory_mib: 2048\naccel: auto\nnfs_locking: false\nlock_manager: dlm\n"
 
@@ -136,3 +145,10 @@ def test_a_failing_vagrant_raises_with_the_log_tail(tmp_path: Path) -> None:
     v = Vagrant(str(tmp_path), str(tmp_path / "vagrant.log"), env)
     with pytest.raises(VagrantError, match=r"(?s)failed \(rc 3\).*The box could not be found"):
         v._stream(["up"], 30.0, "up")
+
+
+def test_lockspace_members_and_flags_before_and_after_a_node_failure() -> None:
+    assert parse_lockspace(DLM_LS, "libvirt") == ([1, 2], -1)
+    assert parse_lockspace(DLM_LS_AFTER_FAILURE, "libvirt") == ([2], 0)
+    assert parse_lockspace(DLM_LS, "vdltest") == ([], -1)
+    assert parse_lockspace(DLM_LS, "other") is None
