@@ -79,7 +79,8 @@ lab-clean: venv
 REPORTS := .lab/reports
 lab-test: venv plugin lab
 	mkdir -p $(REPORTS)
-	$(PYTEST) tests/lab tests/blackbox/cluster -v -rA --junitxml=$(REPORTS)/junit.xml
+	$(PYTEST) tests/lab tests/blackbox/cluster -v -rA \
+		--junitxml=$(REPORTS)/junit.xml -o junit_family=xunit1
 
 # Every tier; exit code 5 (no tests collected) is a failure.
 test: deps unit check lab-test

@@ -153,6 +153,26 @@ class Lab:
             run(["virsh", "-c", HOST_URI, "net-destroy", net], timeout_s=30)
             run(["virsh", "-c", HOST_URI, "net-undefine", net], timeout_s=30)
 
+    def clear_own_orphans(self, prefix: str) -> None:
+        """Nodes of this checkout's path that vagrant no longer knows (its .vagrant state
+        went with an earlier clone at this path) would block `vagrant up`: remove them."""
+        names = run(["virsh", "-c", HOST_URI, "list", "--all", "--name"], timeout_s=30).stdout
+        ours = {n for n in names.split() if n in {prefix + node for node in NODES}}
+        if not ours:
+            return
+        try:
+            states = {m.name: m.state for m in self.vagrant.status()}
+        except VagrantError:
+            states = {}
+        if any(states.get(n) not in (None, "not_created") for n in NODES):
+            return  # vagrant knows its machines: nothing is orphaned
+        print(
+            f"    removing nodes {', '.join(sorted(ours))} left by an earlier lab at this "
+            "path (vagrant has no record of them)",
+            file=sys.stderr,
+        )
+        self.destroy()
+
     # -- nodes ----------------------------------------------------------------------------
 
     def node(self, name: str) -> Node:
@@ -239,6 +259,7 @@ class Lab:
         lab_settings.write_vagrant_settings(values)
         self.prune_boxes(keep=values["box_name"])
         self.clear_foreign_leftovers(values["prefix"])
+        self.clear_own_orphans(values["prefix"])
         try:
             self.nodes_up()
             digest = self.tree_digest()

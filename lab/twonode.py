@@ -10,6 +10,7 @@ are steps too, so a scenario reads as the list of what was done where.
 from __future__ import annotations
 
 import contextlib
+import functools
 import json
 import shlex
 import time
@@ -296,11 +297,14 @@ EOF"""
     def wait_no_locks(self, names: Iterable[str], deadline_s: float = RELEASE_DEADLINE_S) -> None:
         for name in names:
             wait_for(
-                lambda name=name: self.locks(name) == [],
+                functools.partial(self.holds_nothing, name),
                 deadline_s,
                 0.1,
                 f"virtdlmd on {name} to hold no lock",
             )
+
+    def holds_nothing(self, node: str) -> bool:
+        return self.locks(node) == []
 
     # -- cleanup --------------------------------------------------------------------------
 

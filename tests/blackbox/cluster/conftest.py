@@ -1,6 +1,6 @@
 """Fixtures of the two-node black-box suite, its audits and its report.
 
-The lab is brought up if it is not (``make lab``); libvirt is driven over TCP from this host
+The lab is brought up if it is not (tests/conftest.py); libvirt is driven over TCP from this host
 (lab.twonode), shell faults over SSH. After every step the invariant is checked across both
 nodes (lab.twonode.TwoNode.invariant); after every test all domains go and neither node's
 virtdlmd may hold a lock. The rows land in .lab/reports/cluster.{html,json}; JUnit XML comes
@@ -44,19 +44,6 @@ def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
         return MODULE_ORDER.index(name) if name in MODULE_ORDER else len(MODULE_ORDER)
 
     items.sort(key=rank)  # stable: the order inside a module stays
-
-
-@pytest.fixture(scope="session")
-def lab() -> Lab:
-    lab = Lab()
-    if not lab.is_up():
-        lab.up()
-    return lab
-
-
-@pytest.fixture(scope="session")
-def nodes(lab: Lab) -> dict[str, Node]:
-    return {name: lab.node(name) for name in NODES}
 
 
 def lock_manager_of(node: Node) -> str:
