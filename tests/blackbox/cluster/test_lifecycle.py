@@ -155,8 +155,8 @@ def test_virtdlmd_kill_9_on_node_a_keeps_the_protection_during_and_after_its_res
     tn.shell(
         NODE_A,
         "kill -9 virtdlmd and keep it down",
-        "kill -9 $(systemctl show -p MainPID --value virtdlmd.service) && "
-        "systemctl stop virtdlmd.socket virtdlmd.service",
+        "pid=$(systemctl show -p MainPID --value virtdlmd.service) && [ \"$pid\" -gt 0 ] && "
+        "kill -9 \"$pid\" && systemctl stop virtdlmd.socket virtdlmd.service",
     )
     assert tn.hv[NODE_A].is_running("vm-1")
     check(
