@@ -21,6 +21,8 @@ import time
 from collections.abc import Callable
 from typing import Any
 
+from virtdlm.owners import process_start_time
+
 from . import settings as lab_settings
 from .accel import kvm_works
 from .command import check, run
@@ -39,6 +41,22 @@ PROVISION_TIMEOUT_S = 600.0
 AUTHKEY_BYTES = 256
 PROVISIONED_MARK = "/opt/virtdlm-provisioned"  # on each node: the digest it was built from
 JOURNAL_UNITS = ("corosync", "dlm", "libvirtd", "virtdlmd", "nfs-server")
+
+
+def host_daemon_pid(name: str, run_dir: str = "/run") -> int | None:
+    """The host's own libvirtd/virtlogd, by the pid file it writes as root, if it runs.
+
+    Not by process name: the local tier's private daemons carry the same names, and under an
+    init that reaps late the ones it just stopped linger as zombies for a minute.
+    """
+    try:
+        with open(os.path.join(run_dir, f"{name}.pid"), encoding="ascii") as f:
+            pid = int(f.read().strip())
+        with open(f"/proc/{pid}/comm", encoding="ascii") as f:
+            comm = f.read().strip()
+    except (OSError, ValueError):
+        return None
+    return pid if comm == name and process_start_time(pid) is not None else None
 
 
 def step(name: str) -> Callable[[Callable[..., Any]], Callable[..., Any]]:
@@ -79,7 +97,7 @@ class Lab:
         if run(["virsh", "-c", HOST_URI, "version"], timeout_s=20).ok:
             return
         for daemon in ("virtlogd", "libvirtd"):
-            if run(["pgrep", "-x", daemon], timeout_s=10).ok:
+            if host_daemon_pid(daemon) is not None:
                 continue
             check([daemon, "-d"], timeout_s=30)
         wait_for(

@@ -4,11 +4,13 @@ settings resolution."""
 from __future__ import annotations
 
 import os
+import subprocess
 import time
 from pathlib import Path
 
 import pytest
 
+from lab.cluster import host_daemon_pid
 from lab.health import Check, format_table, parse_lockspace, parse_lockspaces, parse_quorum
 from lab.node import parse_ssh_config
 from lab.settings import SettingsError, resolve
@@ -152,3 +154,39 @@ def test_lockspace_members_and_flags_before_and_after_a_node_failure() -> None:
     assert parse_lockspace(DLM_LS_AFTER_FAILURE, "libvirt") == ([2], 0)
     assert parse_lockspace(DLM_LS, "vdltest") == ([], -1)
     assert parse_lockspace(DLM_LS, "other") is None
+
+
+def test_the_host_daemon_is_found_by_its_pid_file_never_by_name_or_as_a_zombie(
+    tmp_path: Path,
+) -> None:
+    """The local tier's libvirtd, just stopped, lingers as a zombie named "libvirtd" under
+    an init that reaps late; mistaking it for the host's daemon left the host without one."""
+    fake = tmp_path / "virtlogd"
+    fake.symlink_to("/bin/sleep")  # its comm is "virtlogd"
+    pidfile = tmp_path / "virtlogd.pid"
+    assert host_daemon_pid("virtlogd", str(tmp_path)) is None  # no pid file
+    live = subprocess.Popen([str(fake), "30"])
+    other = subprocess.Popen(["sleep", "30"])
+    zombie = subprocess.Popen([str(fake), "0"])
+    try:
+        pidfile.write_text(f"{live.pid}\n")
+        assert host_daemon_pid("virtlogd", str(tmp_path)) == live.pid
+        pidfile.write_text(f"{other.pid}\n")  # a reused pid now runs something else
+        assert host_daemon_pid("virtlogd", str(tmp_path)) is None
+        deadline = time.monotonic() + 10
+        while time.monotonic() < deadline and "Z" not in _state(zombie.pid):
+            time.sleep(0.01)
+        pidfile.write_text(f"{zombie.pid}\n")  # exited, not yet reaped
+        assert host_daemon_pid("virtlogd", str(tmp_path)) is None
+        pidfile.write_text("garbage\n")
+        assert host_daemon_pid("virtlogd", str(tmp_path)) is None
+    finally:
+        for proc in (live, other, zombie):
+            proc.kill()
+            proc.wait()
+
+
+def _state(pid: int) -> str:
+    with open(f"/proc/{pid}/stat", encoding="ascii") as f:
+        text = f.read()
+    return text[text.rfind(")") + 2]
