@@ -111,10 +111,8 @@ class Lab:
     def box(self) -> str:
         if self.settings["box_dir"]:
             return str(self.settings["box_dir"])
-        out = check([os.path.join(REPO, "lab", "box", "build-box")], timeout_s=1800)
-        for line in out.stdout.splitlines():
-            if line.startswith("[box"):
-                print(f"    {line}", file=sys.stderr)
+        build = [os.path.join(REPO, "lab", "box", "build-box")]
+        out = check(build, timeout_s=1800, show_progress=True)  # its steps, as they happen
         return out.stdout.strip().splitlines()[-1]
 
     def prune_boxes(self, keep: str | None) -> None:
@@ -269,6 +267,11 @@ class Lab:
         self.host_libvirtd()
         box_dir = self.box()
         previous = lab_settings.read_vagrant_settings()
+        if previous and previous.get("box_dir") != box_dir:
+            # Nodes of an older recipe: their disks are backed by the box pruned below, and
+            # they would not be what this tree builds. Rebuild them from the new box.
+            step("remove the nodes of the previous box")(self.destroy)()
+            previous = None
         if previous and previous.get("box_dir") == box_dir and self.is_up():
             domain_type = str(previous["domain_type"])  # a running lab keeps its accelerator
         else:

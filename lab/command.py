@@ -64,7 +64,10 @@ def run(
     env: Mapping[str, str] | None = None,
     input_text: str | None = None,
     cwd: str | None = None,
+    show_progress: bool = False,
 ) -> Result:
+    """`show_progress`: the command's stderr goes straight to ours (a long step's progress
+    lines appear as they are written) and the Result's stderr is empty."""
     started = time.monotonic()
     # Its own process group, so that a timeout kills the command *and* its children: a
     # child left alive would hold the output pipes open and the wait would never end.
@@ -72,7 +75,7 @@ def run(
         list(argv),
         stdin=subprocess.PIPE if input_text is not None else subprocess.DEVNULL,
         stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
+        stderr=None if show_progress else subprocess.PIPE,
         text=True,
         env=dict(env) if env is not None else None,
         cwd=cwd,
@@ -89,7 +92,7 @@ def run(
             proc.kill()
             out = ""
         raise CommandTimeout(node, argv, timeout_s, out or "") from exc
-    return Result(node, tuple(argv), proc.returncode, out, err, time.monotonic() - started)
+    return Result(node, tuple(argv), proc.returncode, out, err or "", time.monotonic() - started)
 
 
 def check(
@@ -98,8 +101,9 @@ def check(
     node: str = "host",
     env: Mapping[str, str] | None = None,
     input_text: str | None = None,
+    show_progress: bool = False,
 ) -> Result:
-    result = run(argv, timeout_s, node, env, input_text)
+    result = run(argv, timeout_s, node, env, input_text, show_progress=show_progress)
     if not result.ok:
         raise CommandFailed(result)
     return result

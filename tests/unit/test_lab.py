@@ -121,6 +121,17 @@ def test_a_timeout_also_ends_the_commands_children() -> None:
     assert time.monotonic() - started < 10  # the grandchild held the pipe: it was killed too
 
 
+def test_a_long_steps_progress_reaches_the_terminal_while_stdout_is_its_result(
+    capfd: pytest.CaptureFixture[str],
+) -> None:
+    out = check(["sh", "-c", "echo '[box 0s] step one' >&2; echo /the/box"], show_progress=True)
+    assert out.stdout == "/the/box\n" and out.stderr == ""
+    assert "[box 0s] step one" in capfd.readouterr().err
+    with pytest.raises(CommandFailed, match="rc 2"):
+        check(["sh", "-c", "echo 'build-box: debootstrap failed' >&2; exit 2"], show_progress=True)
+    assert "debootstrap failed" in capfd.readouterr().err  # shown as it happened
+
+
 def test_the_shared_disk_gets_two_aligned_halves() -> None:
     import struct
 
