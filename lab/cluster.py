@@ -29,7 +29,7 @@ from .command import check, run
 from .health import Check, format_table, run_checks
 from .node import Node, parse_ssh_config
 from .vagrant import Vagrant, VagrantError, VagrantTimeout, boot_or_network_timeout
-from .wait import LabError, wait_for
+from .wait import LabError, WaitTimeout, wait_for
 
 REPO = lab_settings.REPO
 LAB_DIR = lab_settings.LAB_DIR
@@ -100,12 +100,21 @@ class Lab:
             if host_daemon_pid(daemon) is not None:
                 continue
             check([daemon, "-d"], timeout_s=30)
-        wait_for(
-            lambda: run(["virsh", "-c", HOST_URI, "version"], timeout_s=20).ok,
-            60,
-            1,
-            "the host's libvirtd to answer",
-        )
+        try:
+            wait_for(
+                lambda: run(["virsh", "-c", HOST_URI, "version"], timeout_s=20).ok,
+                60,
+                1,
+                "the host's libvirtd to answer",
+            )
+        except WaitTimeout as err:
+            pid = host_daemon_pid("libvirtd")
+            raise LabError(
+                f"{err}: `virsh -c {HOST_URI} version` fails and libvirtd "
+                + (f"(pid {pid}) runs but does not answer; stop it" if pid else "is not running")
+                + "; run `libvirtd --verbose` in a terminal to see why, or start it with "
+                "your init system, then `make lab` again"
+            ) from err
 
     @step("box")
     def box(self) -> str:

@@ -21,7 +21,8 @@ from lab.vagrant import (
     boot_or_network_timeout,
     parse_status,
 )
-from lab.wait import LabError
+from lab.wait import LabError, wait_for
+from virtdlm.owners import process_start_time
 
 # Captured from vagrant 2.3.4 / vagrant-libvirt 0.11.2, corosync 3.1.7, dlm 4.2.0.
 STATUS = """\
@@ -173,9 +174,7 @@ def test_the_host_daemon_is_found_by_its_pid_file_never_by_name_or_as_a_zombie(
         assert host_daemon_pid("virtlogd", str(tmp_path)) == live.pid
         pidfile.write_text(f"{other.pid}\n")  # a reused pid now runs something else
         assert host_daemon_pid("virtlogd", str(tmp_path)) is None
-        deadline = time.monotonic() + 10
-        while time.monotonic() < deadline and "Z" not in _state(zombie.pid):
-            time.sleep(0.01)
+        wait_for(lambda: process_start_time(zombie.pid) is None, 10, 0.01, "a zombie")
         pidfile.write_text(f"{zombie.pid}\n")  # exited, not yet reaped
         assert host_daemon_pid("virtlogd", str(tmp_path)) is None
         pidfile.write_text("garbage\n")
@@ -184,9 +183,3 @@ def test_the_host_daemon_is_found_by_its_pid_file_never_by_name_or_as_a_zombie(
         for proc in (live, other, zombie):
             proc.kill()
             proc.wait()
-
-
-def _state(pid: int) -> str:
-    with open(f"/proc/{pid}/stat", encoding="ascii") as f:
-        text = f.read()
-    return text[text.rfind(")") + 2]
