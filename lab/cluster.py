@@ -21,11 +21,9 @@ import time
 from collections.abc import Callable
 from typing import Any
 
-from virtdlm.owners import process_start_time
-
 from . import settings as lab_settings
 from .accel import kvm_works
-from .command import check, run
+from .command import alive, check, read_pid, run
 from .health import Check, format_table, run_checks
 from .node import Node, parse_ssh_config
 from .vagrant import Vagrant, VagrantError, VagrantTimeout, boot_or_network_timeout
@@ -49,14 +47,14 @@ def host_daemon_pid(name: str, run_dir: str = "/run") -> int | None:
     Not by process name: the local tier's private daemons carry the same names, and under an
     init that reaps late the ones it just stopped linger as zombies for a minute.
     """
-    try:
-        with open(os.path.join(run_dir, f"{name}.pid"), encoding="ascii") as f:
-            pid = int(f.read().strip())
-        with open(f"/proc/{pid}/comm", encoding="ascii") as f:
-            comm = f.read().strip()
-    except (OSError, ValueError):
+    pid = read_pid(os.path.join(run_dir, f"{name}.pid"))
+    if pid is None or not alive(pid):
         return None
-    return pid if comm == name and process_start_time(pid) is not None else None
+    try:
+        with open(f"/proc/{pid}/comm", encoding="ascii") as f:
+            return pid if f.read().strip() == name else None  # not a reused pid
+    except OSError:
+        return None
 
 
 def step(name: str) -> Callable[[Callable[..., Any]], Callable[..., Any]]:
@@ -109,11 +107,11 @@ class Lab:
             )
         except WaitTimeout as err:
             pid = host_daemon_pid("libvirtd")
+            state = f"runs as pid {pid} but does not answer: stop it," if pid else "is not running:"
             raise LabError(
-                f"{err}: `virsh -c {HOST_URI} version` fails and libvirtd "
-                + (f"(pid {pid}) runs but does not answer; stop it" if pid else "is not running")
-                + "; run `libvirtd --verbose` in a terminal to see why, or start it with "
-                "your init system, then `make lab` again"
+                f"{err}: `virsh -c {HOST_URI} version` fails and the host's libvirtd {state} "
+                "run `libvirtd --verbose` in a terminal to see why, or start it with your init "
+                "system, then `make lab` again"
             ) from err
 
     @step("box")

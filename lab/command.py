@@ -16,6 +16,8 @@ import time
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 
+from virtdlm.owners import process_start_time
+
 from .wait import LabError
 
 DEFAULT_TIMEOUT_S = 60.0
@@ -107,3 +109,17 @@ def check(
     if not result.ok:
         raise CommandFailed(result)
     return result
+
+
+def alive(pid: int) -> bool:
+    """Running, not a zombie: the same test virtdlmd uses for its owners."""
+    return process_start_time(pid) is not None
+
+
+def read_pid(path: str) -> int | None:
+    """The pid a daemon wrote to its pid file; None if there is no file or no number in it."""
+    try:
+        with open(path, encoding="ascii") as f:
+            return int(f.read().strip())
+    except (OSError, ValueError):
+        return None

@@ -24,9 +24,7 @@ import sys
 import time
 from dataclasses import dataclass
 
-from virtdlm.owners import process_start_time
-
-from .command import check, run
+from .command import alive, check, read_pid, run
 from .wait import LabError, wait_for
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -44,19 +42,6 @@ START_TIMEOUT_S = 30.0
 STOP_TIMEOUT_S = 15.0
 MAX_SOCKET_PATH_BYTES = 100
 LOCK_MANAGERS = ("dlm", "lockd", "nop")
-
-
-def _alive(pid: int) -> bool:
-    """Running, not a zombie: the same test virtdlmd uses for its owners."""
-    return process_start_time(pid) is not None
-
-
-def _read_pid(path: str) -> int | None:
-    try:
-        with open(path, encoding="ascii") as f:
-            return int(f.read().strip())
-    except (OSError, ValueError):
-        return None
 
 
 def default_root() -> str:
@@ -106,7 +91,7 @@ class LocalLab:
                 pid = int(json.load(f)["anchor_pid"])
         except (OSError, ValueError, KeyError):
             return None
-        return pid if _alive(pid) else None
+        return pid if alive(pid) else None
 
     def ns(self, *argv: str) -> list[str]:
         """argv to run inside the lab's mount namespace."""
@@ -189,8 +174,8 @@ class LocalLab:
     # -- lifecycle --------------------------------------------------------------------------
 
     def is_up(self) -> bool:
-        pid = _read_pid(self.path("run", "libvirtd.pid"))
-        return self.anchor_pid() is not None and pid is not None and _alive(pid)
+        pid = read_pid(self.path("run", "libvirtd.pid"))
+        return self.anchor_pid() is not None and pid is not None and alive(pid)
 
     def start(self) -> None:
         """Bring the lab up; a no-op when it is already up with the same lock manager."""
@@ -319,8 +304,8 @@ class LocalLab:
     def pid_of(self, name: str) -> int | None:
         """pid of a lab daemon: libvirtd/virtlogd/virtlockd by pid file, ours by lab-pid."""
         for leaf in (f"{name}.pid", f"{name}.lab-pid"):
-            pid = _read_pid(self.path("run", leaf))
-            if pid is not None and _alive(pid):
+            pid = read_pid(self.path("run", leaf))
+            if pid is not None and alive(pid):
                 return pid
         return None
 
@@ -332,13 +317,13 @@ class LocalLab:
         with contextlib.suppress(ProcessLookupError):
             os.kill(pid, sig)
         wait_for(
-            lambda: not _alive(pid),
+            lambda: not alive(pid),
             STOP_TIMEOUT_S,
             what=f"{name} (pid {pid}) to exit",
         )
 
     def qemu_pid(self, domain: str) -> int | None:
-        return _read_pid(self.path("run", "qemu", f"{domain}.pid"))
+        return read_pid(self.path("run", "qemu", f"{domain}.pid"))
 
     def namespace_pids(self) -> list[int]:
         anchor = self.anchor_pid()
@@ -376,7 +361,7 @@ class LocalLab:
                 os.kill(pid, signal.SIGKILL)
         if anchor is not None:
             wait_for(
-                lambda: not _alive(anchor),
+                lambda: not alive(anchor),
                 STOP_TIMEOUT_S,
                 what="lab namespace to empty",
             )

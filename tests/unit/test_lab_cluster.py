@@ -11,6 +11,7 @@ from pathlib import Path
 import pytest
 
 from lab.cluster import host_daemon_pid
+from lab.command import alive
 from lab.health import Check, format_table, parse_lockspace, parse_lockspaces, parse_quorum
 from lab.node import parse_ssh_config
 from lab.settings import SettingsError, resolve
@@ -22,7 +23,6 @@ from lab.vagrant import (
     parse_status,
 )
 from lab.wait import LabError, wait_for
-from virtdlm.owners import process_start_time
 
 # Captured from vagrant 2.3.4 / vagrant-libvirt 0.11.2, corosync 3.1.7, dlm 4.2.0.
 STATUS = """\
@@ -174,7 +174,7 @@ def test_the_host_daemon_is_found_by_its_pid_file_never_by_name_or_as_a_zombie(
         assert host_daemon_pid("virtlogd", str(tmp_path)) == live.pid
         pidfile.write_text(f"{other.pid}\n")  # a reused pid now runs something else
         assert host_daemon_pid("virtlogd", str(tmp_path)) is None
-        wait_for(lambda: process_start_time(zombie.pid) is None, 10, 0.01, "a zombie")
+        wait_for(lambda: not alive(zombie.pid), 10, 0.01, "the child to exit (unreaped)")
         pidfile.write_text(f"{zombie.pid}\n")  # exited, not yet reaped
         assert host_daemon_pid("virtlogd", str(tmp_path)) is None
         pidfile.write_text("garbage\n")
