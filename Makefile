@@ -90,7 +90,8 @@ bench: venv plugin
 	$(PY) bench/start_overhead.py
 
 lint: venv
-	$(VENV)/bin/ruff check plugin tests bench
+	$(VENV)/bin/ruff check plugin lab tests bench
+	$(VENV)/bin/ruff format --check plugin lab tests bench
 	$(VENV)/bin/mypy
 
 clean:

@@ -23,9 +23,9 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path[:0] = [os.path.join(ROOT, "plugin"), ROOT]
 
 from lab.command import check  # noqa: E402
-from lab.domain import Disk, DomainSpec  # noqa: E402
-from lab.hypervisor import Hypervisor  # noqa: E402
 from lab.local import LocalLab  # noqa: E402
+from lab.virt.domain import Disk, DomainSpec  # noqa: E402
+from lab.virt.hypervisor import Hypervisor  # noqa: E402
 
 MANAGERS = ("nop", "lockd", "dlm")
 RATIO_TARGET = 1.05

@@ -22,11 +22,11 @@ from collections.abc import Callable
 from typing import Any
 
 from . import settings as lab_settings
-from .accel import kvm_works
 from .command import alive, check, read_pid, run
-from .health import Check, format_table, run_checks
-from .node import Node, parse_ssh_config
-from .vagrant import Vagrant, VagrantError, VagrantTimeout, boot_or_network_timeout
+from .host.accel import kvm_works
+from .nodes.health import Check, format_table, run_checks
+from .nodes.node import Node, parse_ssh_config
+from .nodes.vagrant import Vagrant, VagrantError, VagrantTimeout, boot_or_network_timeout
 from .wait import LabError, WaitTimeout, wait_for
 
 REPO = lab_settings.REPO

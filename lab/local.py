@@ -346,7 +346,7 @@ class LocalLab:
         anchor = self.anchor_pid()
         if anchor is not None and self.pid_of("libvirtd") is not None:
             with contextlib.suppress(LabError):
-                from .hypervisor import Hypervisor
+                from .virt.hypervisor import Hypervisor
 
                 hv = Hypervisor(self.uri, timeout_s=20)
                 try:

@@ -12,7 +12,7 @@ import pytest
 
 if TYPE_CHECKING:
     from lab.cluster import Lab
-    from lab.node import Node
+    from lab.nodes.node import Node
 
 
 @pytest.fixture(scope="session")
@@ -29,4 +29,4 @@ def lab() -> Lab:
 def nodes(lab: Lab) -> dict[str, Node]:
     from lab.cluster import NODES
 
-    return {name: lab.node(name) for name in NODES}
+    return {name: lab.nodes.node(name) for name in NODES}

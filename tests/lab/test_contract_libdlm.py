@@ -7,7 +7,7 @@ kill -9 and their adoption included: the model cannot drift from the real thing 
 
 from __future__ import annotations
 
-from lab.node import Node
+from lab.nodes.node import Node
 
 CONTRACT_TIMEOUT_S = 600.0
 

@@ -7,10 +7,10 @@ import xml.etree.ElementTree as ET
 
 import pytest
 
-from lab.audit import LogWatch, double_writers, rw_exclusive_disks
 from lab.command import CommandFailed, CommandTimeout, check, run
-from lab.domain import Disk, DomainSpec, Lease, domain_xml
-from lab.refusal import LOCK_DAEMON_DOWN, LOCK_MANAGER, OTHER, QEMU_IMAGE_LOCK, classify
+from lab.suite.audit import LogWatch, double_writers, rw_exclusive_disks
+from lab.virt.domain import Disk, DomainSpec, Lease, domain_xml
+from lab.virt.refusal import LOCK_DAEMON_DOWN, LOCK_MANAGER, OTHER, QEMU_IMAGE_LOCK, classify
 from lab.wait import WaitTimeout, wait_for
 
 # Captured from libvirt 9.0 / QEMU 7.2 on the local lab.

@@ -12,16 +12,16 @@ import pytest
 
 from lab.cluster import host_daemon_pid
 from lab.command import alive
-from lab.health import Check, format_table, parse_lockspace, parse_lockspaces, parse_quorum
-from lab.node import parse_ssh_config
-from lab.settings import SettingsError, resolve
-from lab.vagrant import (
+from lab.nodes.health import Check, format_table, parse_lockspace, parse_lockspaces, parse_quorum
+from lab.nodes.node import parse_ssh_config
+from lab.nodes.vagrant import (
     Vagrant,
     VagrantError,
     VagrantTimeout,
     boot_or_network_timeout,
     parse_status,
 )
+from lab.settings import SettingsError, resolve
 from lab.wait import LabError, wait_for
 
 # Captured from vagrant 2.3.4 / vagrant-libvirt 0.11.2, corosync 3.1.7, dlm 4.2.0.

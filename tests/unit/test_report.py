@@ -5,8 +5,8 @@ from __future__ import annotations
 import json
 import xml.etree.ElementTree as ET
 
-from lab.refusal import LOCK_MANAGER
-from lab.report import Row, render_html, render_text, write_json
+from lab.suite.report import Row, render_html, render_text, write_json
+from lab.virt.refusal import LOCK_MANAGER
 from tests.blackbox.cluster.cases import PROTECTION_ROWS, TABLE_5_1, TABLE_5_2
 
 ROWS = [

@@ -9,8 +9,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from lab.refusal import LOCK_MANAGER, QEMU_IMAGE_LOCK
-from lab.twonode import NODE_A, NODE_B, Step
+from lab.suite.steps import NODE_A, NODE_B, Step
+from lab.virt.refusal import LOCK_MANAGER, QEMU_IMAGE_LOCK
 
 VIR_ERR_RESOURCE_BUSY = 87  # the lock manager refused
 VIR_ERR_INTERNAL_ERROR = 1  # how QEMU's own image-lock failure reaches libvirt's caller

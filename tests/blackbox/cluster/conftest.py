@@ -1,8 +1,8 @@
 """Fixtures of the two-node black-box suite, its audits and its report.
 
 The lab is brought up if it is not (tests/conftest.py); libvirt is driven over TCP from this host
-(lab.twonode), shell faults over SSH. After every step the invariant is checked across both
-nodes (lab.twonode.TwoNode.invariant); after every test all domains go and neither node's
+(lab.suite.steps), shell faults over SSH. After every step the invariant is checked across both
+nodes (lab.suite.steps.TwoNode.invariant); after every test all domains go and neither node's
 virtdlmd may hold a lock. The rows land in .lab/reports/cluster.{html,json}; JUnit XML comes
 from pytest's --junitxml (the Makefile passes .lab/reports/cluster-junit.xml).
 """
@@ -18,11 +18,11 @@ from typing import Any
 
 import pytest
 
-from lab import report
 from lab.cluster import NODES, Lab
-from lab.node import Node
+from lab.nodes.node import Node
 from lab.settings import LAB_DIR, lab_prefix
-from lab.twonode import RELEASE_DEADLINE_S, StepResult, TwoNode, versions
+from lab.suite import report
+from lab.suite.steps import RELEASE_DEADLINE_S, StepResult, TwoNode, versions
 
 REPORT_DIR = os.path.join(LAB_DIR, "reports")
 CASE_TIMEOUT_S = 420  # pytest-timeout for one case: each of its steps has its own deadline

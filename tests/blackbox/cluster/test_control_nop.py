@@ -15,10 +15,10 @@ from collections.abc import Iterator
 
 import pytest
 
-from lab.audit import AuditFailure
 from lab.cluster import NODES, Lab
-from lab.domain import DomainSpec
-from lab.twonode import TwoNode
+from lab.suite.audit import AuditFailure
+from lab.suite.steps import TwoNode
+from lab.virt.domain import DomainSpec
 
 from .cases import PROTECTION_ROWS, Case
 from .conftest import CASE_TIMEOUT_S, Record, lock_manager_of

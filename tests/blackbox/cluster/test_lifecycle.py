@@ -12,9 +12,7 @@ from collections.abc import Iterator
 import libvirt
 import pytest
 
-from lab.domain import Disk, DomainSpec
-from lab.refusal import LOCK_DAEMON_DOWN, LOCK_MANAGER
-from lab.twonode import (
+from lab.suite.steps import (
     NODE_A,
     NODE_B,
     OK,
@@ -24,6 +22,8 @@ from lab.twonode import (
     nfs_storage,
     thesis_vms,
 )
+from lab.virt.domain import Disk, DomainSpec
+from lab.virt.refusal import LOCK_DAEMON_DOWN, LOCK_MANAGER
 from lab.wait import wait_for
 
 from .cases import VIR_ERR_RESOURCE_BUSY
@@ -155,8 +155,8 @@ def test_virtdlmd_kill_9_on_node_a_keeps_the_protection_during_and_after_its_res
     tn.shell(
         NODE_A,
         "kill -9 virtdlmd and keep it down",
-        "pid=$(systemctl show -p MainPID --value virtdlmd.service) && [ \"$pid\" -gt 0 ] && "
-        "kill -9 \"$pid\" && systemctl stop virtdlmd.socket virtdlmd.service",
+        'pid=$(systemctl show -p MainPID --value virtdlmd.service) && [ "$pid" -gt 0 ] && '
+        'kill -9 "$pid" && systemctl stop virtdlmd.socket virtdlmd.service',
     )
     assert tn.hv[NODE_A].is_running("vm-1")
     check(

@@ -20,11 +20,11 @@ import pytest
 
 from lab.cluster import HOST_URI, NODES, Lab
 from lab.command import check as host_check
-from lab.health import node_checks, parse_lockspace, parse_quorum, smoke_migration
-from lab.node import Node
-from lab.refusal import LOCK_MANAGER
+from lab.nodes.health import node_checks, parse_lockspace, parse_quorum, smoke_migration
+from lab.nodes.node import Node
 from lab.settings import lab_prefix
-from lab.twonode import BLOCK, NODE_A, NODE_B, OK, StepResult, TwoNode, thesis_vms
+from lab.suite.steps import BLOCK, NODE_A, NODE_B, OK, StepResult, TwoNode, thesis_vms
+from lab.virt.refusal import LOCK_MANAGER
 from lab.wait import LabError, wait_for
 
 from .conftest import Record

@@ -10,8 +10,7 @@ from __future__ import annotations
 
 import pytest
 
-from lab.domain import DomainSpec
-from lab.twonode import (
+from lab.suite.steps import (
     BLOCK,
     NODE_A,
     NODE_B,
@@ -22,6 +21,7 @@ from lab.twonode import (
     nfs_storage,
     thesis_vms,
 )
+from lab.virt.domain import DomainSpec
 
 from .cases import TABLE_5_1, TABLE_5_2, Case
 from .conftest import CASE_TIMEOUT_S, Record

@@ -14,11 +14,11 @@ from typing import Any
 
 import pytest
 
-from lab.audit import LogWatch, double_writers
 from lab.command import check
-from lab.domain import Disk, DomainSpec
-from lab.hypervisor import Hypervisor
 from lab.local import LocalLab, default_root
+from lab.suite.audit import LogWatch, double_writers
+from lab.virt.domain import Disk, DomainSpec
+from lab.virt.hypervisor import Hypervisor
 from lab.wait import wait_for
 from virtdlm.client import call
 

@@ -14,10 +14,10 @@ from dataclasses import dataclass
 
 import pytest
 
-from lab.domain import Disk, Lease
-from lab.hypervisor import Hypervisor, LibvirtFailure
 from lab.local import LocalLab
-from lab.refusal import LOCK_DAEMON_DOWN, LOCK_MANAGER, QEMU_IMAGE_LOCK
+from lab.virt.domain import Disk, Lease
+from lab.virt.hypervisor import Hypervisor, LibvirtFailure
+from lab.virt.refusal import LOCK_DAEMON_DOWN, LOCK_MANAGER, QEMU_IMAGE_LOCK
 from lab.wait import wait_for
 
 from .conftest import MATRIX, RELEASE_DEADLINE_S, held, locks, spec

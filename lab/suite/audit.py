@@ -13,7 +13,7 @@ import xml.etree.ElementTree as ET
 from collections import defaultdict
 from dataclasses import dataclass, field
 
-from .wait import LabError
+from ..wait import LabError
 
 
 class AuditFailure(LabError):

@@ -13,7 +13,7 @@ import os
 import subprocess
 import tempfile
 
-from .wait import WaitTimeout, wait_for
+from ..wait import WaitTimeout, wait_for
 
 PROBE_TIMEOUT_S = 15.0
 POLL_S = 0.2

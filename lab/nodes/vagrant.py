@@ -19,8 +19,8 @@ import time
 from collections.abc import Sequence
 from dataclasses import dataclass
 
-from .command import Result, run
-from .wait import LabError
+from ..command import Result, run
+from ..wait import LabError
 
 UP_TIMEOUT_S = 1200.0
 DESTROY_TIMEOUT_S = 300.0

@@ -3,7 +3,7 @@
 Calls run on a helper thread (libvirt-python releases the GIL) and are awaited with a
 timeout, so a hung libvirtd fails the test with LabTimeout instead of hanging the run.
 Failures raise LibvirtFailure with libvirt's error code and domain and the refusing layer
-(lab.refusal).
+(lab.virt.refusal).
 """
 
 from __future__ import annotations
@@ -16,9 +16,9 @@ from typing import Any, TypeVar
 
 import libvirt
 
+from ..wait import LabError
 from .domain import Disk, DomainSpec, disk_xml, domain_xml, target_name
 from .refusal import Refusal, classify
-from .wait import LabError
 
 T = TypeVar("T")
 CALL_TIMEOUT_S = 90.0

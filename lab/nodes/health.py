@@ -1,4 +1,4 @@
-"""The lab's health checks (make lab-status): parsers are pure, runners use lab.node.
+"""The lab's health checks (make lab-status): parsers are pure, runners use lab.nodes.node.
 
 corosync quorate with two members, the DLM lockspace joined on both nodes, the share
 mounted on both, virtdlmd up with the libdlm backend, libvirtd running with dlm.so loaded,
@@ -14,9 +14,9 @@ import shlex
 from dataclasses import dataclass
 from typing import Any
 
-from .domain import Disk, DomainSpec, domain_xml
+from ..virt.domain import Disk, DomainSpec, domain_xml
+from ..wait import LabError
 from .node import Node
-from .wait import LabError
 
 SMOKE = "lab-smoke"
 CHECK_TIMEOUT_S = 30.0

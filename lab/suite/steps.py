@@ -1,7 +1,7 @@
 """Drive the two-node lab as the black-box suite sees it: steps on a node, each recorded.
 
-Every step runs with a deadline (libvirt calls through lab.hypervisor, shell commands
-through lab.node), is recorded with its outcome (``ok`` or the layer that refused), libvirt
+Every step runs with a deadline (libvirt calls through lab.virt.hypervisor, shell commands
+through lab.nodes.node), is recorded with its outcome (``ok`` or the layer that refused), libvirt
 error code and time, and is followed by the invariant across both nodes: no exclusive disk
 open read/write by two running domains. Shell-level faults (kill -9, restarts, power-off)
 are steps too, so a scenario reads as the list of what was done where.
@@ -20,12 +20,12 @@ from typing import Any
 
 import libvirt
 
+from ..nodes.node import Node
+from ..virt.domain import Disk, DomainSpec, domain_xml
+from ..virt.hypervisor import Hypervisor, LibvirtFailure
+from ..virt.refusal import Refusal
+from ..wait import LabError, wait_for
 from .audit import AuditFailure, double_writers
-from .domain import Disk, DomainSpec, domain_xml
-from .hypervisor import Hypervisor, LibvirtFailure
-from .node import Node
-from .refusal import Refusal
-from .wait import LabError, wait_for
 
 OK = "ok"
 NODE_A, NODE_B = "node-a", "node-b"
@@ -41,7 +41,7 @@ class StepResult:
     node: str
     action: str
     vm: str
-    outcome: str  # OK or the refusing layer (lab.refusal)
+    outcome: str  # OK or the refusing layer (lab.virt.refusal)
     code: int | None
     seconds: float
     message: str = ""
@@ -67,7 +67,7 @@ class Step:
     action: str  # start | migrate | suspend | resume | destroy
     vm: str
     to: str = ""  # migrate: the destination node
-    expect: str = OK  # OK or the layer that must refuse (lab.refusal)
+    expect: str = OK  # OK or the layer that must refuse (lab.virt.refusal)
     code: int | None = None  # the libvirt error code a refusal must carry (None: any)
     holder: str = ""  # "vm@node" the lock manager must name as the holder
 

@@ -13,8 +13,8 @@ from dataclasses import dataclass
 
 import paramiko
 
-from .command import CommandFailed, CommandTimeout, Result
-from .wait import LabError
+from ..command import CommandFailed, CommandTimeout, Result
+from ..wait import LabError
 
 DEFAULT_TIMEOUT_S = 60.0
 CONNECT_TIMEOUT_S = 15.0
