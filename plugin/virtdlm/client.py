@@ -59,6 +59,16 @@ class Client:
             )
         return reply
 
+    def status(self) -> dict[str, Any]:
+        """The daemon's status: backend, node, lockspace, counts."""
+        reply = self.request({"v": protocol.PROTOCOL_VERSION, "op": "status"})
+        return {k: v for k, v in reply.items() if k not in ("ok", "v")}
+
+    def locks(self) -> list[dict[str, Any]]:
+        """Every lock this daemon holds, one record each."""
+        reply = self.request({"v": protocol.PROTOCOL_VERSION, "op": "locks"})
+        return list(reply["locks"])
+
     def close(self) -> None:
         self.sock.close()
 
@@ -79,3 +89,13 @@ def call(
 ) -> dict[str, Any]:
     with Client(socket_path, timeout_s) as client:
         return client.request(message)
+
+
+def status(socket_path: str, timeout_s: float = REPLY_TIMEOUT_S) -> dict[str, Any]:
+    with Client(socket_path, timeout_s) as client:
+        return client.status()
+
+
+def locks(socket_path: str, timeout_s: float = REPLY_TIMEOUT_S) -> list[dict[str, Any]]:
+    with Client(socket_path, timeout_s) as client:
+        return client.locks()
