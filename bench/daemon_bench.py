@@ -21,13 +21,13 @@ import sys
 import tempfile
 import time
 import uuid
-from typing import Any
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path[:0] = [os.path.join(ROOT, "plugin"), ROOT]
 
 from lab.wait import wait_for  # noqa: E402
 from virtdlm.client import Client  # noqa: E402
+from virtdlm.protocol import DiskSpec, OwnerSpec  # noqa: E402
 
 CASES = (10, 1_000, 10_000)
 DISKS_PER_OWNER = 8
@@ -56,12 +56,12 @@ def start_daemon(directory: str, name: str) -> tuple[subprocess.Popen[bytes], st
     return proc, sock
 
 
-def owner(pid: int, name: str) -> dict[str, Any]:
-    return {"uuid": str(uuid.uuid4()), "name": name, "id": 1, "pid": pid}
+def owner(pid: int, name: str) -> OwnerSpec:
+    return OwnerSpec(uuid=str(uuid.uuid4()), name=name, id=1, pid=pid)
 
 
-def disks(paths: list[str]) -> list[dict[str, Any]]:
-    return [{"type": "disk", "path": p} for p in paths]
+def disks(paths: list[str]) -> list[DiskSpec]:
+    return [DiskSpec(path=p, readonly=False, shared=False) for p in paths]
 
 
 def fill(client: Client, count: int, pid: int, tag: str) -> None:
@@ -69,14 +69,7 @@ def fill(client: Client, count: int, pid: int, tag: str) -> None:
     for first in range(0, count, FILL_BATCH):
         n = min(FILL_BATCH, count - first)
         paths = [f"/bench/{tag}/other-{first + i}.img" for i in range(n)]
-        client.request(
-            {
-                "v": 1,
-                "op": "acquire",
-                "owner": owner(pid, f"filler-{first}"),
-                "resources": disks(paths),
-            }
-        )
+        client.acquire(owner(pid, f"filler-{first}"), disks(paths))
 
 
 def percentile(samples: list[float], q: float) -> float:
@@ -106,19 +99,17 @@ def main() -> int:
             clients[count] = Client(sock)
             started = time.monotonic()
             fill(clients[count], count, sleeper.pid, f"c{count}")
-            held = clients[count].request({"v": 1, "op": "status"})["status"]["locks"]
+            held = clients[count].status()["locks"]
             print(f"filled daemon with {held} locks in {time.monotonic() - started:.1f} s")
-        me = owner(sleeper.pid, "bench-vm")
-        acquire = {"v": 1, "op": "acquire", "owner": me, "resources": disks(images)}
-        release = {"v": 1, "op": "release", "owner": me, "resources": disks(images)}
+        me, mine = owner(sleeper.pid, "bench-vm"), disks(images)
         samples: dict[int, list[float]] = {c: [] for c in CASES}
         for _ in range(args.rounds):
             for count in CASES:
                 client = clients[count]
                 for _ in range(args.per_round):
                     t0 = time.perf_counter()
-                    client.request(acquire)
-                    client.request(release)
+                    client.acquire(me, mine)
+                    client.release(me, mine)
                     samples[count].append((time.perf_counter() - t0) * 1000)
         print(
             f"\nacquire+release of {DISKS_PER_OWNER} disks, "

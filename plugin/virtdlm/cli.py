@@ -14,7 +14,7 @@ import os
 import sys
 from typing import Any
 
-from .client import call
+from . import client
 from .config import DEFAULT_CONFIG_PATH, load_config
 from .errors import ConfigError, DaemonUnavailable, VirtDlmError
 
@@ -81,18 +81,18 @@ def main(argv: list[str] | None = None) -> int:
         p.add_argument("--json", action="store_true", help="machine-readable output")
     args = parser.parse_args(argv)
     socket_path = args.socket or default_socket()
+    ask = client.status if args.command == "status" else client.locks
     try:
-        reply = call(socket_path, {"v": 1, "op": args.command})
+        data: dict[str, Any] | list[dict[str, Any]] = ask(socket_path)
     except DaemonUnavailable as err:
         print(f"virtdlm: {err}", file=sys.stderr)
         return EXIT_UNREACHABLE
     except VirtDlmError as err:
         print(f"virtdlm: {args.command}: {err}", file=sys.stderr)
         return EXIT_ERROR
-    data = reply[args.command]
     if args.json:
         print(json.dumps(data, indent=2, sort_keys=True))
-    elif args.command == "status":
+    elif isinstance(data, dict):
         print(format_status(data))
     else:
         print(format_locks(data))

@@ -1,18 +1,21 @@
 """A blocking client of virtdlmd: one request, one reply, with deadlines.
 
-Used by the CLI, the tests and the benchmarks. ``Client`` keeps one connection open for
-many requests; ``call`` is the one-shot form.
+Used by the CLI, the lab, the tests and the benchmarks. ``Client`` keeps one connection
+open for many requests; its typed methods (``register``, ``acquire``, ``release``,
+``status``, ``locks``) raise RemoteError on an error reply, ``send`` returns any reply as it
+came. ``status``, ``locks`` and ``call`` at module level are the one-shot forms.
 """
 
 from __future__ import annotations
 
 import socket
+from collections.abc import Sequence
 from types import TracebackType
 from typing import Any
 
 from . import protocol
-from .backends.model_server import recv_frame
 from .errors import DaemonUnavailable, ProtocolError, RemoteError, Timeout
+from .protocol import OwnerSpec, Request, ResourceSpec, recv_frame
 
 CONNECT_TIMEOUT_S = 5.0
 REPLY_TIMEOUT_S = 30.0
@@ -59,15 +62,35 @@ class Client:
             )
         return reply
 
+    def send(self, request: Request) -> dict[str, Any]:
+        """Send one request, return the reply as it came (ok or not)."""
+        return self.raw(protocol.request_message(request))
+
+    def _ask(self, request: Request) -> dict[str, Any]:
+        return self.request(protocol.request_message(request))
+
+    def register(
+        self, owner: OwnerSpec, resources: Sequence[ResourceSpec] = (), restrict: bool = False
+    ) -> None:
+        """Register the calling process as the owner (its pid must be owner.pid); the
+        connection then stands for that QEMU: its EOF releases the owner's locks."""
+        self._ask(Request("register", owner, tuple(resources), restrict))
+
+    def acquire(self, owner: OwnerSpec, resources: Sequence[ResourceSpec]) -> None:
+        """Lock every resource for the owner, or none of them (Busy comes back as RemoteError)."""
+        self._ask(Request("acquire", owner, tuple(resources)))
+
+    def release(self, owner: OwnerSpec, resources: Sequence[ResourceSpec] = ()) -> None:
+        """Release the named resources of the owner; none named = everything it holds."""
+        self._ask(Request("release", owner, tuple(resources)))
+
     def status(self) -> dict[str, Any]:
         """The daemon's status: backend, node, lockspace, counts."""
-        reply = self.request({"v": protocol.PROTOCOL_VERSION, "op": "status"})
-        return {k: v for k, v in reply.items() if k not in ("ok", "v")}
+        return dict(self._ask(Request("status"))["status"])
 
     def locks(self) -> list[dict[str, Any]]:
         """Every lock this daemon holds, one record each."""
-        reply = self.request({"v": protocol.PROTOCOL_VERSION, "op": "locks"})
-        return list(reply["locks"])
+        return list(self._ask(Request("locks"))["locks"])
 
     def close(self) -> None:
         self.sock.close()

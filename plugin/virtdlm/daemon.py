@@ -1,10 +1,21 @@
-"""virtdlmd: the per-host lock daemon of the libvirt DLM lock manager.
+"""virtdlmd: the per-host lock daemon of the libvirt DLM lock manager, and its lifecycle.
 
     virtdlmd [--config /etc/libvirt/qemu-dlm.conf] [--socket PATH] [--log-level LEVEL]
 
 Logs one line per lock decision to stderr (the journal under systemd). The first SIGTERM or
 SIGINT stops it and keeps every lock held (as orphans, adopted by the next start); a second
 one exits at once.
+
+``Daemon`` puts the pieces together. Lifecycle: start (open the backend on the worker
+thread, adopt what the state records, purge the rest, listen) -> serve -> stop (freeze the
+owners, stop listening, close connections, close the backend handle). Locks are never
+released on the way down: they stay granted as orphans and the next start adopts them.
+Every lock decision runs under one asyncio lock (``decide``), and every backend call on one
+worker thread, so decisions are serial and the backend is single-threaded as libdlm needs.
+
+    server.py    socket, peer check, frames  -> handlers.py  one function per op
+    registry.py  owners and their lifetimes  -> locker.py    lock decisions, what is held
+    policy.py    which locks a request needs    worker.py    the backend's thread
 """
 
 from __future__ import annotations
@@ -15,17 +26,93 @@ import logging
 import os
 import signal
 import sys
+import time
 from collections.abc import Callable
 from dataclasses import replace
+from functools import partial
 
+from . import handlers
 from .backends.base import LockBackend
 from .config import DEFAULT_CONFIG_PATH, Config, load_config
 from .errors import VirtDlmError
-from .server import Daemon
+from .locker import Locker
+from .owners import StateStore
+from .registry import OwnerRegistry
+from .server import Server
+from .worker import Worker
 
 log = logging.getLogger("virtdlmd")
 EXIT_CONFIG = 2
 EXIT_FAILED = 1
+
+
+class Daemon:
+    def __init__(self, config: Config, backend_factory: Callable[[], LockBackend]) -> None:
+        self.config = config
+        self._backend_factory = backend_factory
+        self.worker = Worker(config.lockspace_name)
+        self.decide = asyncio.Lock()
+        self.store = StateStore(config.state_dir)
+        self.server = Server(
+            config, partial(handlers.dispatch, self), partial(handlers.closed, self)
+        )
+        self.stopping = False
+        self.started = time.monotonic()
+        self._locker: Locker | None = None
+        self._registry: OwnerRegistry | None = None
+
+    @property
+    def locker(self) -> Locker:
+        assert self._locker is not None, "the daemon has not started"
+        return self._locker
+
+    @property
+    def registry(self) -> OwnerRegistry:
+        assert self._registry is not None, "the daemon has not started"
+        return self._registry
+
+    async def start(self) -> None:
+        backend = await self.worker.run(self._backend_factory)
+        self.worker.inline = not backend.blocking
+        self._locker = Locker(backend, self.config.effective_node_name)
+        self._registry = OwnerRegistry(self._locker, self.store, self.worker, self.decide)
+        await self._registry.recover(self.config.purge_orphans)
+        await self.server.start()
+        if not backend.cluster:
+            log.warning(
+                "backend %s is a single-host model, NOT a cluster lock: use it for "
+                "tests and trials only",
+                backend.name,
+            )
+        log.info(
+            "serving on %s: backend %s, lockspace %s, node %s (id %d)",
+            self.config.socket_path,
+            backend.name,
+            backend.lockspace,
+            self._locker.node_name,
+            backend.node_id,
+        )
+
+    async def serve_forever(self) -> None:
+        await self.server.serve_forever()
+
+    async def stop(self) -> None:
+        """Stop listening, drop connections, keep every lock (they become orphans)."""
+        if self.stopping:
+            return
+        self.stopping = True
+        if self._registry is not None:
+            self._registry.freeze()
+        await self.server.stop()
+        if self._locker is not None:
+            await self.worker.run(self._locker.backend.close)
+        self.worker.shutdown()
+        self.server.remove_socket()
+        log.info(
+            "stopped; %d locks of %d owners stay held for the next start",
+            self._locker.lock_count() if self._locker is not None else 0,
+            len(self._registry) if self._registry is not None else 0,
+        )
 
 
 def backend_factory(config: Config) -> Callable[[], LockBackend]:

@@ -29,11 +29,12 @@ import re
 import stat
 from dataclasses import dataclass
 
+from .backends.base import MAX_RESOURCE_NAME_BYTES
+
 NETWORK_FSTYPES = frozenset(
     {"nfs", "nfs4", "cifs", "smb3", "glusterfs", "fuse.glusterfs", "ceph", "9p", "afs"}
 )
 MOUNTINFO_PATH = "/proc/self/mountinfo"
-MAX_RESOURCE_NAME_BYTES = 64
 
 
 @dataclass(frozen=True)

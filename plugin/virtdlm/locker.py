@@ -1,20 +1,28 @@
-"""The lock decisions: which owner holds which resource, in which mode, taken how.
+"""The lock decisions, and the one record of which owner holds which resource in which mode.
 
 ``Locker`` runs on the daemon's one worker thread and is the only caller of the backend.
 Taking a lock follows lvmlockd: a new NL lock, then CONVERT|NOQUEUE|PERSISTENT to PR or EX;
 an EX holder then publishes itself in the lock value block (an EX->EX convert with VALBLK
 writes it), so that a refused node can name the holder. Releasing converts to NL (clearing
 the LVB of an EX lock) and unlocks. An acquire is all or nothing.
+
+The locker keeps the only record of what is held, one ``HeldLock`` per (owner, resource),
+as lvmlockd keeps one record per lock. It is filed by owner, because the daemon's questions
+are asked per owner (acquire, release, save its state) while "who else holds this
+resource" is asked only on a refusal. Everyone else reads it through ``held_by`` and
+``all_held``.
 """
 
 from __future__ import annotations
 
 import logging
+from collections.abc import Mapping
 from dataclasses import dataclass
+from types import MappingProxyType
 
 from .backends.base import EMPTY_LVB, LockBackend, LockFlags, Mode, decode_holder, encode_holder
 from .errors import BackendError, Busy, Holder, LockBusy, OrphanNotFound
-from .owners import HeldLock, Owner
+from .owners import HeldLock, Owner, OwnerKey
 
 log = logging.getLogger(__name__)
 
@@ -37,24 +45,33 @@ class Locker:
         self.backend = backend
         self.node_name = node_name
         self.ls = backend.lockspace
-        self.holders: dict[str, dict[tuple[str, int], Owner]] = {}  # resource -> local owners
+        self._held: dict[OwnerKey, dict[str, HeldLock]] = {}  # owner -> resource -> lock
 
-    # -- bookkeeping of local holders ---------------------------------------------------
+    # -- the record of what is held -----------------------------------------------------
 
-    def _note(self, owner: Owner, held: HeldLock) -> None:
-        owner.locks[held.resource] = held
-        self.holders.setdefault(held.resource, {})[owner.key] = owner
+    def held_by(self, owner: Owner) -> Mapping[str, HeldLock]:
+        """What the owner holds, by resource: a read-only view of the record."""
+        return MappingProxyType(self._held.get(owner.key, {}))
 
-    def _unnote(self, owner: Owner, resource: str) -> None:
-        owner.locks.pop(resource, None)
-        local = self.holders.get(resource)
-        if local is not None:
-            local.pop(owner.key, None)
-            if not local:
-                del self.holders[resource]
+    def all_held(self) -> list[HeldLock]:
+        """Every lock held on this node, one record each (a snapshot)."""
+        return [held for locks in list(self._held.values()) for held in list(locks.values())]
 
     def lock_count(self) -> int:
-        return sum(len(v) for v in self.holders.values())
+        return sum(len(locks) for locks in list(self._held.values()))
+
+    def _lock_of(self, owner: Owner, resource: str) -> HeldLock | None:
+        return self._held.get(owner.key, {}).get(resource)
+
+    def _note(self, held: HeldLock) -> None:
+        self._held.setdefault(held.owner.key, {})[held.resource] = held
+
+    def _unnote(self, held: HeldLock) -> None:
+        locks = self._held.get(held.owner.key)
+        if locks is not None:
+            locks.pop(held.resource, None)
+            if not locks:
+                del self._held[held.owner.key]
 
     # -- acquire ------------------------------------------------------------------------
 
@@ -64,10 +81,10 @@ class Locker:
         changed: list[tuple[HeldLock, Mode]] = []
         try:
             for want in wants:
-                held = owner.locks.get(want.resource)
+                held = self._lock_of(owner, want.resource)
                 if held is None:
                     new = self._take(owner, want)
-                    self._note(owner, new)
+                    self._note(new)
                     taken.append(new)
                 elif held.mode != want.mode:
                     old = held.mode
@@ -75,8 +92,8 @@ class Locker:
                     changed.append((held, old))
         except BaseException:
             for held in taken:
-                self._release_one(owner, held)
-                self._unnote(owner, held.resource)
+                self._release_one(held)
+                self._unnote(held)
             for held, old in changed:
                 self._convert(owner, held, old, held.label)
             raise
@@ -102,7 +119,7 @@ class Locker:
         except BaseException:
             self.backend.unlock(lkid)
             raise
-        held = HeldLock(want.resource, want.kind, want.label, want.mode, lkid)
+        held = HeldLock(owner, want.resource, want.kind, want.label, want.mode, lkid)
         if want.mode == Mode.EX:
             self._publish(owner, held)
         log.info(
@@ -141,11 +158,10 @@ class Locker:
 
     def _holder_of(self, owner: Owner, want: Want, lkid: int | None) -> Holder | None:
         """Who blocks `want`: a local owner if one holds it, else the LVB's holder."""
-        for other in self.holders.get(want.resource, {}).values():
-            if other.key == owner.key:
-                continue
-            held = other.locks[want.resource]
-            return Holder(other.name, self.node_name, held.mode.name)
+        for key, locks in self._held.items():
+            other = locks.get(want.resource)
+            if other is not None and key != owner.key:
+                return Holder(other.owner.name, self.node_name, other.mode.name)
         if lkid is None:
             return None
         try:
@@ -163,18 +179,18 @@ class Locker:
 
     def release(self, owner: Owner, resources: list[str] | None) -> int:
         """Release the named resources (None: all); returns how many were held."""
-        names = list(owner.locks) if resources is None else resources
+        names = list(self.held_by(owner)) if resources is None else resources
         count = 0
         for resource in names:
-            held = owner.locks.get(resource)
+            held = self._lock_of(owner, resource)
             if held is None:
                 continue
-            self._release_one(owner, held)
-            self._unnote(owner, resource)
+            self._release_one(held)
+            self._unnote(held)
             count += 1
         return count
 
-    def _release_one(self, owner: Owner, held: HeldLock) -> None:
+    def _release_one(self, held: HeldLock) -> None:
         try:
             if held.mode == Mode.EX:
                 self.backend.convert(held.lkid, Mode.NL, LockFlags.VALBLK, EMPTY_LVB)
@@ -188,7 +204,7 @@ class Locker:
                 self.ls,
                 held.resource,
                 held.mode.name,
-                owner.describe(),
+                held.owner.describe(),
                 err,
             )
             return
@@ -197,16 +213,17 @@ class Locker:
             self.ls,
             held.resource,
             held.mode.name,
-            owner.describe(),
+            held.owner.describe(),
             held.label,
         )
 
     # -- restart ------------------------------------------------------------------------
 
-    def adopt(self, owner: Owner) -> list[str]:
+    def adopt(self, owner: Owner, recorded: list[HeldLock]) -> list[str]:
         """Adopt the orphans of a recorded owner whose QEMU still runs; returns losses."""
         lost = []
-        for resource, held in list(owner.locks.items()):
+        for held in recorded:
+            resource = held.resource
             try:
                 held.lkid = self.backend.adopt(resource, held.mode, LockFlags.PERSISTENT)
             except (OrphanNotFound, LockBusy) as err:
@@ -218,10 +235,9 @@ class Locker:
                     owner.describe(),
                     err,
                 )
-                owner.locks.pop(resource)
                 lost.append(held.label)
                 continue
-            self._note(owner, held)
+            self._note(held)
             log.info(
                 "%s:%s adopt %s for %s (%s)",
                 self.ls,

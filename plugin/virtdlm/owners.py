@@ -1,9 +1,10 @@
-"""Owners (QEMU processes), the locks they hold, and the state file that outlives the daemon.
+"""Owners (QEMU processes), the record of one held lock, and the state that outlives the daemon.
 
 An owner is one QEMU process: domain uuid + pid + the pid's start time, so that a reused pid
-never inherits locks. The state directory holds one small JSON file per owner
-(``owners/<uuid>-<pid>.json``), rewritten atomically when that owner's locks change; the
-cost of a change does not grow with the number of other owners.
+never inherits locks. What an owner holds is recorded once, by the locker
+(``Locker.held_by``); a ``HeldLock`` names its owner. The state directory holds one small
+JSON file per owner (``owners/<uuid>-<pid>.json``), rewritten atomically when that owner's
+locks change; the cost of a change does not grow with the number of other owners.
 """
 
 from __future__ import annotations
@@ -12,8 +13,9 @@ import contextlib
 import json
 import logging
 import os
-from dataclasses import dataclass, field
-from typing import Any
+from collections.abc import Iterable
+from dataclasses import dataclass
+from typing import Any, NamedTuple
 
 from .backends.base import Mode
 from .errors import VirtDlmError
@@ -21,28 +23,32 @@ from .errors import VirtDlmError
 log = logging.getLogger(__name__)
 STATE_VERSION = 1
 
-
-def process_start_time(pid: int) -> int | None:
-    """The pid's start time in clock ticks since boot (proc(5) field 22), None if gone."""
-    try:
-        with open(f"/proc/{pid}/stat", encoding="ascii", errors="replace") as f:
-            text = f.read()
-    except (FileNotFoundError, ProcessLookupError):
-        return None
-    except OSError:
-        return None
-    fields = text[text.rfind(")") + 2 :].split()
-    if len(fields) < 20 or fields[0] == "Z":
-        return None  # a zombie has exited: its locks are free to go
-    return int(fields[19])
+OwnerKey = tuple[str, int]  # (domain uuid, pid)
 
 
-def process_alive(pid: int, start_time: int) -> bool:
-    return process_start_time(pid) == start_time
+@dataclass
+class Owner:
+    uuid: str
+    name: str
+    pid: int
+    start_time: int
+    pidfd: int = -1
+    registered: bool = False  # True while the registration connection is open
+    gone: bool = False
+
+    @property
+    def key(self) -> OwnerKey:
+        return (self.uuid, self.pid)
+
+    def describe(self) -> str:
+        return f"{self.name} (pid {self.pid})"
 
 
 @dataclass
 class HeldLock:
+    """One lock one owner holds on one resource."""
+
+    owner: Owner
     resource: str  # the DLM resource name
     kind: str  # "disk" or "lease"
     label: str  # the disk path as libvirt gave it, or the lease's lockspace/key
@@ -58,43 +64,35 @@ class HeldLock:
         }
 
 
-@dataclass
-class Owner:
-    uuid: str
-    name: str
-    pid: int
-    start_time: int
-    locks: dict[str, HeldLock] = field(default_factory=dict)
-    pidfd: int = -1
-    registered: bool = False  # True while the registration connection is open
-    gone: bool = False
+class Recorded(NamedTuple):
+    """An owner as the state directory recorded it, with the locks it held then."""
 
-    @property
-    def key(self) -> tuple[str, int]:
-        return (self.uuid, self.pid)
-
-    def describe(self) -> str:
-        return f"{self.name} (pid {self.pid})"
-
-    def to_json(self) -> dict[str, Any]:
-        return {
-            "version": STATE_VERSION,
-            "uuid": self.uuid,
-            "name": self.name,
-            "pid": self.pid,
-            "start_time": self.start_time,
-            "locks": [lk.to_json() for lk in self.locks.values()],
-        }
+    owner: Owner
+    locks: list[HeldLock]
 
 
-def owner_from_json(data: dict[str, Any]) -> Owner:
+def owner_to_json(owner: Owner, locks: Iterable[HeldLock]) -> dict[str, Any]:
+    return {
+        "version": STATE_VERSION,
+        "uuid": owner.uuid,
+        "name": owner.name,
+        "pid": owner.pid,
+        "start_time": owner.start_time,
+        "locks": [lk.to_json() for lk in locks],
+    }
+
+
+def owner_from_json(data: dict[str, Any]) -> Recorded:
     if data.get("version") != STATE_VERSION:
         raise ValueError(f"state version {data.get('version')!r} is not {STATE_VERSION}")
     owner = Owner(str(data["uuid"]), str(data["name"]), int(data["pid"]), int(data["start_time"]))
+    locks = {}
     for raw in data["locks"]:
-        lk = HeldLock(str(raw["resource"]), str(raw["kind"]), str(raw["label"]), Mode[raw["mode"]])
-        owner.locks[lk.resource] = lk
-    return owner
+        lk = HeldLock(
+            owner, str(raw["resource"]), str(raw["kind"]), str(raw["label"]), Mode[raw["mode"]]
+        )
+        locks[lk.resource] = lk  # a resource recorded twice is held once
+    return Recorded(owner, list(locks.values()))
 
 
 class StateStore:
@@ -113,13 +111,15 @@ class StateStore:
     def _path(self, owner: Owner) -> str:
         return os.path.join(self.dir, f"{owner.uuid}-{owner.pid}.json")
 
-    def save(self, owner: Owner) -> None:
+    def save(self, owner: Owner, locks: Iterable[HeldLock]) -> None:
+        """Record what the owner holds now; an owner holding nothing has no file."""
+        held = list(locks)
         path = self._path(owner)
-        if not owner.locks:
+        if not held:
             self.forget(owner)
             return
         tmp = f"{path}.tmp"
-        data = json.dumps(owner.to_json(), separators=(",", ":")).encode()
+        data = json.dumps(owner_to_json(owner, held), separators=(",", ":")).encode()
         fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC, 0o600)
         try:
             os.write(fd, data)
@@ -131,9 +131,9 @@ class StateStore:
         with contextlib.suppress(FileNotFoundError):
             os.unlink(self._path(owner))
 
-    def load(self) -> list[Owner]:
+    def load(self) -> list[Recorded]:
         """Every recorded owner; unreadable files are logged and set aside, not fatal."""
-        owners = []
+        recorded = []
         for name in sorted(os.listdir(self.dir)):
             path = os.path.join(self.dir, name)
             if name.endswith(".tmp"):
@@ -141,8 +141,8 @@ class StateStore:
                 continue
             try:
                 with open(path, encoding="utf-8") as f:
-                    owners.append(owner_from_json(json.load(f)))
+                    recorded.append(owner_from_json(json.load(f)))
             except (OSError, ValueError, KeyError, TypeError) as err:
                 log.error("state %s: unreadable (%s); moved aside to %s.bad", path, err, path)
                 os.replace(path, f"{path}.bad")
-        return owners
+        return recorded

@@ -1,13 +1,17 @@
-"""The virtdlmd wire protocol, version 1: framing, limits and request validation.
+"""The virtdlmd wire protocol, version 1: framing, limits, frame readers, requests.
 
-Pure functions over bytes and dicts; the asyncio server and the blocking client both use
-them. The contract is docs/protocol.md; keep the two in step.
+Everything that touches the wire lives here: encoding a frame, the two frame readers (the
+blocking ``recv_frame`` of the client and the model server, the asyncio ``read_frame`` of
+the daemon), validating a request and building one. The contract is docs/protocol.md; keep
+the two in step. The C driver keeps its own copy of the limits (plugin/driver/).
 """
 
 from __future__ import annotations
 
+import asyncio
 import json
 import re
+import socket
 import struct
 from dataclasses import dataclass, field
 from typing import Any
@@ -56,6 +60,57 @@ def decode_body(body: bytes) -> dict[str, Any]:
     if not isinstance(message, dict):
         raise ProtocolError(f"frame holds a JSON {type(message).__name__}, not an object")
     return message
+
+
+def recv_frame(sock: socket.socket) -> dict[str, Any] | None:
+    """Read one frame from a blocking socket; None on a clean EOF before a header."""
+    header = _recv_exact(sock, HEADER.size, eof_ok=True)
+    if header is None:
+        return None
+    body = _recv_exact(sock, frame_length(header), eof_ok=False)
+    assert body is not None
+    return decode_body(body)
+
+
+def _recv_exact(sock: socket.socket, size: int, eof_ok: bool) -> bytes | None:
+    chunks, got = [], 0
+    while got < size:
+        chunk = sock.recv(size - got)
+        if not chunk:
+            if eof_ok and got == 0:
+                return None
+            raise ProtocolError(f"connection closed after {got} of {size} bytes")
+        chunks.append(chunk)
+        got += len(chunk)
+    return b"".join(chunks)
+
+
+async def read_frame(
+    reader: asyncio.StreamReader, idle_timeout_s: float | None, body_timeout_s: float
+) -> dict[str, Any] | None:
+    """Read one frame from an asyncio stream. None on EOF before a header, or when no
+    header came within idle_timeout_s (None: wait for ever); a body must follow its header
+    within body_timeout_s."""
+    try:
+        async with asyncio.timeout(idle_timeout_s):
+            header = await reader.readexactly(HEADER.size)
+    except asyncio.IncompleteReadError as err:
+        header = err.partial
+    except TimeoutError:
+        return None
+    if not header:
+        return None
+    length = frame_length(header)
+    try:
+        async with asyncio.timeout(body_timeout_s):
+            body = await reader.readexactly(length)
+    except asyncio.IncompleteReadError as err:
+        raise ProtocolError(f"truncated frame: {len(err.partial)} of {length} bytes") from err
+    except TimeoutError as err:
+        raise ProtocolError(
+            f"frame body of {length} bytes not received in {body_timeout_s:.0f} s"
+        ) from err
+    return decode_body(body)
 
 
 def ok_reply(**fields: Any) -> dict[str, Any]:
@@ -221,9 +276,14 @@ def parse_request(message: dict[str, Any]) -> Request:
     return Request(
         op=op,
         owner=_parse_owner(message["owner"]),
-        resources=tuple(_parse_resource(r, i) for i, r in enumerate(raw_resources)),
+        resources=parse_resources(raw_resources),
         restrict=restrict,
     )
+
+
+def parse_resources(raw: list[Any]) -> tuple[ResourceSpec, ...]:
+    """Validate the wire form of a request's resources."""
+    return tuple(_parse_resource(r, i) for i, r in enumerate(raw))
 
 
 def request_message(request: Request) -> dict[str, Any]:
@@ -232,23 +292,21 @@ def request_message(request: Request) -> dict[str, Any]:
     if request.owner is not None:
         o = request.owner
         message["owner"] = {"uuid": o.uuid, "name": o.name, "id": o.id, "pid": o.pid}
-        resources: list[dict[str, Any]] = []
-        for r in request.resources:
-            if isinstance(r, DiskSpec):
-                resources.append(
-                    {"type": "disk", "path": r.path, "readonly": r.readonly, "shared": r.shared}
-                )
-            else:
-                resources.append(
-                    {
-                        "type": "lease",
-                        "key": r.key,
-                        "lockspace": r.lockspace,
-                        "path": r.path,
-                        "offset": r.offset,
-                    }
-                )
-        message["resources"] = resources
+        message["resources"] = [resource_message(r) for r in request.resources]
     if request.op == "register":
         message["restrict"] = request.restrict
     return message
+
+
+def resource_message(resource: ResourceSpec) -> dict[str, Any]:
+    """The wire form of one resource (the inverse of parse_resources, per item)."""
+    r = resource
+    if isinstance(r, DiskSpec):
+        return {"type": "disk", "path": r.path, "readonly": r.readonly, "shared": r.shared}
+    return {
+        "type": "lease",
+        "key": r.key,
+        "lockspace": r.lockspace,
+        "path": r.path,
+        "offset": r.offset,
+    }

@@ -10,6 +10,8 @@ from typing import Any
 
 import pytest
 
+from virtdlm.protocol import DiskSpec, ResourceSpec
+
 from .procs import DaemonProc, FakeQemu, ModelServerProc
 
 
@@ -65,7 +67,7 @@ def daemon(make_daemon: Callable[..., DaemonProc]) -> DaemonProc:
 def make_qemu() -> Iterator[Callable[..., FakeQemu]]:
     started: list[FakeQemu] = []
 
-    def make(socket_path: str, name: str, disks: list[dict[str, Any]], **kw: Any) -> FakeQemu:
+    def make(socket_path: str, name: str, disks: list[ResourceSpec], **kw: Any) -> FakeQemu:
         q = FakeQemu.start(socket_path, name, disks, **kw)
         started.append(q)
         return q
@@ -86,5 +88,5 @@ def images(short_dir: str) -> dict[str, str]:
     return out
 
 
-def disk(path: str, readonly: bool = False, shared: bool = False) -> dict[str, Any]:
-    return {"type": "disk", "path": path, "readonly": readonly, "shared": shared}
+def disk(path: str, readonly: bool = False, shared: bool = False) -> DiskSpec:
+    return DiskSpec(path=path, readonly=readonly, shared=shared)

@@ -17,6 +17,7 @@ from typing import Any
 
 from lab.wait import wait_for
 from virtdlm.client import Client
+from virtdlm.protocol import OwnerSpec, Request, ResourceSpec, resource_message
 
 PY = sys.executable
 START_TIMEOUT_S = 15.0
@@ -127,7 +128,7 @@ class DaemonProc:
     def answers(self) -> bool:
         try:
             with Client(self.socket, timeout_s=2) as c:
-                return bool(c.request({"v": 1, "op": "status"})["ok"])
+                return bool(c.send(Request("status"))["ok"])
         except Exception:
             return False
 
@@ -144,12 +145,13 @@ class DaemonProc:
         with open(self.log_path, encoding="utf-8", errors="replace") as f:
             return f.read()
 
-    def call(self, message: dict[str, Any]) -> dict[str, Any]:
+    def send(self, request: Request) -> dict[str, Any]:
+        """Send one request on a fresh connection; the reply as it came (ok or not)."""
         with Client(self.socket) as c:
-            return c.raw(message)
+            return c.send(request)
 
     def locks(self) -> list[dict[str, Any]]:
-        reply = self.call({"v": 1, "op": "locks"})
+        reply = self.send(Request("locks"))
         assert reply["ok"], reply
         return list(reply["locks"])
 
@@ -161,14 +163,14 @@ class FakeQemu:
     uuid: str
     name: str
     proc: subprocess.Popen[bytes]
-    disks: list[dict[str, Any]] = field(default_factory=list)
+    disks: list[ResourceSpec] = field(default_factory=list)
 
     @classmethod
     def start(
         cls,
         socket_path: str,
         name: str,
-        disks: list[dict[str, Any]],
+        disks: list[ResourceSpec],
         register: bool = True,
         restrict: bool = True,
     ) -> FakeQemu:
@@ -180,7 +182,7 @@ class FakeQemu:
                 socket_path,
                 uid,
                 name,
-                json.dumps(disks),
+                json.dumps([resource_message(d) for d in disks]),
                 "register" if register else "idle",
                 "restrict" if restrict else "open",
             ],
@@ -200,16 +202,16 @@ class FakeQemu:
         return self.proc.pid
 
     @property
-    def owner(self) -> dict[str, Any]:
-        return {"uuid": self.uuid, "name": self.name, "id": 1, "pid": self.pid}
+    def owner(self) -> OwnerSpec:
+        return OwnerSpec(uuid=self.uuid, name=self.name, id=1, pid=self.pid)
 
-    def acquire_message(self, disks: list[dict[str, Any]] | None = None) -> dict[str, Any]:
-        return {
-            "v": 1,
-            "op": "acquire",
-            "owner": self.owner,
-            "resources": self.disks if disks is None else disks,
-        }
+    def acquire_request(self, disks: list[ResourceSpec] | None = None) -> Request:
+        """acquire of its disks (or of `disks`) for this QEMU."""
+        return Request("acquire", self.owner, tuple(self.disks if disks is None else disks))
+
+    def release_request(self, disks: list[ResourceSpec] | None = None) -> Request:
+        """release of its disks (or of `disks`; [] = everything it holds)."""
+        return Request("release", self.owner, tuple(self.disks if disks is None else disks))
 
     def kill(self) -> None:
         _reap(self.proc, signal.SIGKILL)

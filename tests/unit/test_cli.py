@@ -38,7 +38,7 @@ def test_locks_json_and_table(
     daemon: DaemonProc, make_qemu: Callable[..., FakeQemu], images: dict[str, str]
 ) -> None:
     vm = make_qemu(daemon.socket, "vm-1", [disk(images["one.qcow2"])])
-    assert daemon.call(vm.acquire_message())["ok"]
+    assert daemon.send(vm.acquire_request())["ok"]
     out = _cli("--socket", daemon.socket, "locks", "--json")
     assert out.returncode == 0, out.stderr
     (lock,) = json.loads(out.stdout)

@@ -13,6 +13,8 @@ from typing import Any
 import pytest
 
 from lab.wait import wait_for
+from virtdlm.owners import StateStore
+from virtdlm.protocol import LeaseSpec, OwnerSpec, Request
 
 from .conftest import disk
 from .procs import DaemonProc, FakeQemu
@@ -55,7 +57,7 @@ def test_disk_kind_decides_the_lock_mode(
 ) -> None:
     path = images["one.qcow2"]
     vm = make_qemu(daemon.socket, "vm-1", [disk(path, **flags)])
-    assert daemon.call(vm.acquire_message())["ok"]
+    assert daemon.send(vm.acquire_request())["ok"]
     assert _held(daemon) == ({("vm-1", path, mode)} if mode else set())
 
 
@@ -64,11 +66,11 @@ def test_acquire_and_release_are_idempotent(
 ) -> None:
     vm = make_qemu(daemon.socket, "vm-1", [disk(images["one.qcow2"])])
     for _ in range(2):  # libvirt re-acquires on guest reboot
-        assert daemon.call(vm.acquire_message())["ok"]
+        assert daemon.send(vm.acquire_request())["ok"]
     assert len(daemon.locks()) == 1
-    release = {**vm.acquire_message(), "op": "release"}
+    release = vm.release_request()
     for _ in range(2):  # libvirt releases twice on suspend
-        assert daemon.call(release)["ok"]
+        assert daemon.send(release)["ok"]
     assert daemon.locks() == []
 
 
@@ -77,21 +79,21 @@ def test_refused_acquire_takes_none_and_keeps_what_was_held(
 ) -> None:
     one, two, share = images["one.qcow2"], images["two.qcow2"], images["share.raw"]
     vm1 = make_qemu(daemon.socket, "vm-1", [disk(one)])
-    assert daemon.call(vm1.acquire_message())["ok"]
+    assert daemon.send(vm1.acquire_request())["ok"]
     vm2 = make_qemu(daemon.socket, "vm-2", [disk(share, shared=True)])
-    assert daemon.call(vm2.acquire_message())["ok"]
-    refused = daemon.call(vm2.acquire_message([disk(two), disk(one)]))
+    assert daemon.send(vm2.acquire_request())["ok"]
+    refused = daemon.send(vm2.acquire_request([disk(two), disk(one)]))
     _assert_busy(refused, one, "vm-1", "node-a", "EX")
     assert _held(daemon) == {("vm-1", one, "EX"), ("vm-2", share, "PR")}  # two.qcow2 not kept
-    assert daemon.call(vm2.acquire_message([disk(two)]))["ok"]  # and it is free
+    assert daemon.send(vm2.acquire_request([disk(two)]))["ok"]  # and it is free
 
 
 def test_release_with_no_resources_releases_everything(
     daemon: DaemonProc, make_qemu: Callable[..., FakeQemu], images: dict[str, str]
 ) -> None:
     vm = make_qemu(daemon.socket, "vm-1", [disk(images["one.qcow2"]), disk(images["two.qcow2"])])
-    assert daemon.call(vm.acquire_message())["ok"]
-    assert daemon.call({"v": 1, "op": "release", "owner": vm.owner, "resources": []})["ok"]
+    assert daemon.send(vm.acquire_request())["ok"]
+    assert daemon.send(vm.release_request([]))["ok"]
     assert daemon.locks() == []
 
 
@@ -102,20 +104,20 @@ def test_same_image_through_symlink_and_dotdot_is_one_lock(
     link = os.path.join(short_dir, "link.qcow2")
     os.symlink(one, link)
     vm1 = make_qemu(daemon.socket, "vm-1", [disk(one)])
-    assert daemon.call(vm1.acquire_message())["ok"]
+    assert daemon.send(vm1.acquire_request())["ok"]
     for alias in (link, os.path.join(short_dir, "..", os.path.basename(short_dir), "one.qcow2")):
         vm2 = make_qemu(daemon.socket, "vm-2", [disk(alias)])
-        _assert_busy(daemon.call(vm2.acquire_message()), alias, "vm-1", "node-a", "EX")
+        _assert_busy(daemon.send(vm2.acquire_request()), alias, "vm-1", "node-a", "EX")
 
 
 def test_leases_lock_exclusively_by_lockspace_and_key(
     daemon: DaemonProc, make_qemu: Callable[..., FakeQemu]
 ) -> None:
-    lease = {"type": "lease", "key": "vm-1-lease", "lockspace": "ls1", "path": "/x", "offset": 0}
+    lease = LeaseSpec(key="vm-1-lease", lockspace="ls1", path="/x", offset=0)
     vm1 = make_qemu(daemon.socket, "vm-1", [lease])
-    assert daemon.call(vm1.acquire_message())["ok"]
+    assert daemon.send(vm1.acquire_request())["ok"]
     vm2 = make_qemu(daemon.socket, "vm-2", [lease])
-    reply = daemon.call(vm2.acquire_message())
+    reply = daemon.send(vm2.acquire_request())
     assert reply["code"] == 6
     assert reply["message"] == "lease ls1/vm-1-lease is locked exclusively by vm-1 on node-a"
 
@@ -127,7 +129,7 @@ def test_require_lease_for_disks_refuses_rw_disks_without_lease(
 ) -> None:
     daemon = make_daemon(1, auto_disk_leases=0)
     vm = make_qemu(daemon.socket, "vm-1", [disk(images["one.qcow2"])])
-    reply = daemon.call(vm.acquire_message())
+    reply = daemon.send(vm.acquire_request())
     assert (reply["code"], reply["error"]) == (10, "POLICY")
     assert "require_lease_for_disks" in reply["message"]
 
@@ -141,7 +143,7 @@ def test_killed_qemu_releases_its_locks_within_one_second(
     vm = make_qemu(
         daemon.socket, "vm-1", [disk(images["one.qcow2"]), disk(images["share.raw"], shared=True)]
     )
-    assert daemon.call(vm.acquire_message())["ok"]
+    assert daemon.send(vm.acquire_request())["ok"]
     assert len(daemon.locks()) == 2
     killed = time.monotonic()
     vm.kill()
@@ -154,7 +156,7 @@ def test_unregistered_owner_is_watched_by_pidfd(
     daemon: DaemonProc, make_qemu: Callable[..., FakeQemu], images: dict[str, str]
 ) -> None:
     vm = make_qemu(daemon.socket, "vm-1", [disk(images["one.qcow2"])], register=False)
-    assert daemon.call(vm.acquire_message())["ok"]
+    assert daemon.send(vm.acquire_request())["ok"]
     vm.kill()
     wait_for(lambda: daemon.locks() == [], RELEASE_DEADLINE_S, 0.01, "pidfd release")
     assert "gone (process exited)" in daemon.log()
@@ -164,18 +166,14 @@ def test_register_for_another_pid_is_denied(
     daemon: DaemonProc, make_qemu: Callable[..., FakeQemu]
 ) -> None:
     vm = make_qemu(daemon.socket, "vm-1", [], register=False)
-    reply = daemon.call(
-        {"v": 1, "op": "register", "owner": vm.owner, "resources": [], "restrict": True}
-    )
+    reply = daemon.send(Request("register", vm.owner, (), restrict=True))
     assert (reply["code"], reply["error"]) == (4, "DENIED")
     assert f"claimed pid {vm.pid} is not the caller's pid {os.getpid()}" in reply["message"]
 
 
 def test_acquire_for_a_dead_pid_is_refused(daemon: DaemonProc, images: dict[str, str]) -> None:
-    owner = {"uuid": "00000000-0000-0000-0000-000000000001", "name": "ghost", "pid": 4194000}
-    reply = daemon.call(
-        {"v": 1, "op": "acquire", "owner": owner, "resources": [disk(images["one.qcow2"])]}
-    )
+    owner = OwnerSpec(uuid="00000000-0000-0000-0000-000000000001", name="ghost", id=-1, pid=4194000)
+    reply = daemon.send(Request("acquire", owner, (disk(images["one.qcow2"]),)))
     assert (reply["code"], reply["error"]) == (11, "NO_SUCH_PROCESS")
     assert daemon.locks() == []
 
@@ -192,7 +190,7 @@ def _two_nodes_vm1_on_a(
     node_a, node_b = make_daemon(1), make_daemon(2)
     one, share = images["one.qcow2"], images["share.raw"]
     vm1 = make_qemu(node_a.socket, "vm-1", [disk(one), disk(share, shared=True)])
-    assert node_a.call(vm1.acquire_message())["ok"]
+    assert node_a.send(vm1.acquire_request())["ok"]
     return node_a, node_b, vm1
 
 
@@ -204,11 +202,11 @@ def test_other_node_is_refused_with_the_holder_from_the_lvb(
     node_a, node_b, vm1 = _two_nodes_vm1_on_a(make_daemon, make_qemu, images)
     one, share = images["one.qcow2"], images["share.raw"]
     vm2 = make_qemu(node_b.socket, "vm-2", [disk(one)])
-    _assert_busy(node_b.call(vm2.acquire_message()), one, "vm-1", "node-a", "EX")
+    _assert_busy(node_b.send(vm2.acquire_request()), one, "vm-1", "node-a", "EX")
     vm4 = make_qemu(node_b.socket, "vm-4", [disk(share, shared=True)])
-    assert node_b.call(vm4.acquire_message())["ok"]
+    assert node_b.send(vm4.acquire_request())["ok"]
     vm3 = make_qemu(node_b.socket, "vm-3", [disk(one, readonly=True)])
-    assert node_b.call(vm3.acquire_message())["ok"]
+    assert node_b.send(vm3.acquire_request())["ok"]
 
 
 def test_daemon_kill9_keeps_every_lock_and_restart_adopts_them(
@@ -219,28 +217,59 @@ def test_daemon_kill9_keeps_every_lock_and_restart_adopts_them(
     node_a, node_b, vm1 = _two_nodes_vm1_on_a(make_daemon, make_qemu, images)
     one = images["one.qcow2"]
     dead = make_qemu(node_a.socket, "vm-dead", [disk(images["two.qcow2"])])
-    assert node_a.call(dead.acquire_message())["ok"]
+    assert node_a.send(dead.acquire_request())["ok"]
     before = _held(node_a)
     node_a.kill9()
     dead.kill()  # dies while node-a's daemon is down: nobody is told
     vm2 = make_qemu(node_b.socket, "vm-2", [disk(one)])
-    _assert_busy(node_b.call(vm2.acquire_message()), one, "vm-1", "node-a", "EX")  # orphan holds
+    _assert_busy(node_b.send(vm2.acquire_request()), one, "vm-1", "node-a", "EX")  # orphan holds
     node_a.start()
     assert _held(node_a) == before - {("vm-dead", images["two.qcow2"], "EX")}
-    _assert_busy(node_b.call(vm2.acquire_message()), one, "vm-1", "node-a", "EX")
-    assert node_b.call(vm2.acquire_message([disk(images["two.qcow2"])]))["ok"]  # purged
+    _assert_busy(node_b.send(vm2.acquire_request()), one, "vm-1", "node-a", "EX")
+    assert node_b.send(vm2.acquire_request([disk(images["two.qcow2"])]))["ok"]  # purged
     vm1.kill()  # the re-adopted owner is watched by pidfd
     wait_for(lambda: node_a.locks() == [], RELEASE_DEADLINE_S, 0.01, "release after restart")
-    assert node_b.call(vm2.acquire_message())["ok"]
+    assert node_b.send(vm2.acquire_request())["ok"]
 
 
 def test_sigterm_keeps_locks_for_the_next_start(
     daemon: DaemonProc, make_qemu: Callable[..., FakeQemu], images: dict[str, str]
 ) -> None:
     vm = make_qemu(daemon.socket, "vm-1", [disk(images["one.qcow2"])])
-    assert daemon.call(vm.acquire_message())["ok"]
+    assert daemon.send(vm.acquire_request())["ok"]
     daemon.stop()  # with vm-1's registration connection still open
     assert "locks of 1 owners stay held" in daemon.log()
     assert "Traceback" not in daemon.log()
     daemon.start()
     assert _held(daemon) == {("vm-1", images["one.qcow2"], "EX")}
+
+
+# A state file as virtdlmd wrote it before the owner registry moved out of server.py: a
+# restart must go on adopting the locks recorded by an older daemon.
+STATE_UUID = "6a1f0c4e-3b5d-4f6a-9c1e-2d3b4c5d6e7f"
+STATE_FILE_V1 = (
+    '{"version":1,"uuid":"6a1f0c4e-3b5d-4f6a-9c1e-2d3b4c5d6e7f","name":"vm-1","pid":4242,'
+    '"start_time":123456,"locks":[{"resource":"disk.abc","kind":"disk","label":'
+    '"/srv/one.qcow2","mode":"EX"},{"resource":"lease.def","kind":"lease","label":"ls1/key",'
+    '"mode":"EX"},{"resource":"disk.ghi","kind":"disk","label":"/srv/share.raw","mode":"PR"}]}'
+)
+
+
+def test_state_file_of_an_older_daemon_is_read_and_written_back_unchanged(short_dir: str) -> None:
+    store = StateStore(short_dir)
+    path = os.path.join(store.dir, f"{STATE_UUID}-4242.json")
+    with open(path, "w", encoding="utf-8") as f:
+        f.write(STATE_FILE_V1)
+    (recorded,) = store.load()
+    owner = recorded.owner
+    assert (owner.uuid, owner.name, owner.pid) == (STATE_UUID, "vm-1", 4242)
+    assert owner.start_time == 123456
+    assert [(lk.resource, lk.kind, lk.label, lk.mode.name) for lk in recorded.locks] == [
+        ("disk.abc", "disk", "/srv/one.qcow2", "EX"),
+        ("lease.def", "lease", "ls1/key", "EX"),
+        ("disk.ghi", "disk", "/srv/share.raw", "PR"),
+    ]
+    assert all(lk.owner is owner for lk in recorded.locks)
+    store.save(owner, recorded.locks)
+    with open(path, encoding="utf-8") as f:
+        assert f.read() == STATE_FILE_V1

@@ -133,7 +133,7 @@ def test_daemon_answers_garbage_with_an_error_and_keeps_serving(
     assert reply is not None and reply["ok"] is False
     assert reply["code"] == code, reply
     assert reply["message"]
-    assert daemon.call({"v": 1, "op": "status"})["ok"]
+    assert daemon.send(protocol.Request("status"))["ok"]
 
 
 @settings(
@@ -160,4 +160,4 @@ def test_fuzzed_frames_never_break_the_daemon(daemon: DaemonProc, data: bytes) -
     reply = _send_raw(daemon.socket, data)
     if reply is not None and not reply.get("ok"):
         assert reply["code"] in (2, 3, 4, 5, 11) and reply["message"], reply
-    assert daemon.call({"v": 1, "op": "status"})["ok"]
+    assert daemon.send(protocol.Request("status"))["ok"]

@@ -17,6 +17,7 @@ import argparse
 import contextlib
 import logging
 import os
+import select
 import signal
 import socket
 import socketserver
@@ -25,35 +26,13 @@ from typing import Any
 
 from .. import protocol
 from ..errors import BackendError, BackendUnavailable, LockBusy, OrphanNotFound, ProtocolError
+from ..protocol import recv_frame
 from .base import LockFlags, Mode
-from .model import ModelDlm
+from .model import ModelBackend, ModelDlm
 
 log = logging.getLogger(__name__)
 CONNECT_TIMEOUT_S = 5.0
 CALL_TIMEOUT_S = 30.0
-
-
-def recv_frame(sock: socket.socket) -> dict[str, Any] | None:
-    """Read one frame from a blocking socket; None on a clean EOF before a header."""
-    header = _recv_exact(sock, protocol.HEADER.size, eof_ok=True)
-    if header is None:
-        return None
-    body = _recv_exact(sock, protocol.frame_length(header), eof_ok=False)
-    assert body is not None
-    return protocol.decode_body(body)
-
-
-def _recv_exact(sock: socket.socket, size: int, eof_ok: bool) -> bytes | None:
-    chunks, got = [], 0
-    while got < size:
-        chunk = sock.recv(size - got)
-        if not chunk:
-            if eof_ok and got == 0:
-                return None
-            raise ProtocolError(f"connection closed after {got} of {size} bytes")
-        chunks.append(chunk)
-        got += len(chunk)
-    return b"".join(chunks)
 
 
 def _lvb_in(value: Any) -> bytes | None:
@@ -74,13 +53,16 @@ class _Handler(socketserver.BaseRequestHandler):
             return
         session = dlm.session(hello["node_id"])
         sid = session._sid
+        self.server.attach(self.request, session)
         try:
             self.request.sendall(protocol.encode_frame({"ok": True, "session": sid}))
             while (req := recv_frame(self.request)) is not None:
+                self.server.reap_dead_sessions()
                 self.request.sendall(protocol.encode_frame(self._call(session, req)))
         except (OSError, ProtocolError) as err:
             log.debug("model session %d: %s", sid, err)
         finally:
+            self.server.detach(self.request)
             session.close()
 
     @staticmethod
@@ -125,6 +107,8 @@ class ModelServer(socketserver.ThreadingMixIn, socketserver.UnixStreamServer):
 
     def __init__(self, path: str, dlm: ModelDlm) -> None:
         self.dlm = dlm
+        self._sessions: dict[socket.socket, ModelBackend] = {}
+        self._sessions_mutex = threading.Lock()
         with contextlib.suppress(FileNotFoundError):
             os.unlink(path)
         old = os.umask(0o077)
@@ -132,6 +116,34 @@ class ModelServer(socketserver.ThreadingMixIn, socketserver.UnixStreamServer):
             super().__init__(path, _Handler)
         finally:
             os.umask(old)
+
+    def attach(self, sock: socket.socket, session: ModelBackend) -> None:
+        with self._sessions_mutex:
+            self._sessions[sock] = session
+
+    def detach(self, sock: socket.socket) -> None:
+        with self._sessions_mutex:
+            self._sessions.pop(sock, None)
+
+    def reap_dead_sessions(self) -> None:
+        """Close every session whose process hung up, before serving anyone else.
+
+        The kernel turns a dead process's locks into orphans as the process exits, so no
+        other process can see them held by it afterwards; a handler thread here may not have
+        read its peer's EOF yet, so each call first closes the sessions of peers that are
+        gone (POLLRDHUP), as the kernel would have.
+        """
+        with self._sessions_mutex:
+            live = list(self._sessions.items())
+        poller = select.poll()
+        by_fd = {}
+        for sock, session in live:
+            fd = sock.fileno()
+            if fd >= 0:  # -1: its handler has just closed it, and its session
+                poller.register(fd, select.POLLRDHUP)
+                by_fd[fd] = session
+        for fd, _events in poller.poll(0):  # POLLRDHUP, or POLLHUP/POLLERR/POLLNVAL
+            by_fd[fd].close()  # idempotent
 
 
 class RemoteModelBackend:

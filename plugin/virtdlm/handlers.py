@@ -1,0 +1,193 @@
+"""What virtdlmd does with each request: one handler per op, behind one guard.
+
+``dispatch`` is the only way in. It first checks the connection's state (a restricted
+registration connection may send nothing more), then validates the frame as a request,
+then runs ``HANDLERS[op]``. It answers with the reply and whether to close the connection:
+a frame that is not a valid request is refused and the connection closed; any other error
+is an error reply on a connection that stays open.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import time
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
+
+from . import __version__, policy, protocol
+from .errors import (
+    Denied,
+    ErrorCode,
+    InvalidRequest,
+    ProtocolError,
+    Restricted,
+    ShuttingDown,
+    VirtDlmError,
+)
+from .owners import Owner
+from .protocol import OwnerSpec, Request
+
+if TYPE_CHECKING:
+    from .daemon import Daemon
+
+Reply = dict[str, Any]
+
+
+@dataclass
+class Session:
+    """One connection's state: the peer (SO_PEERCRED) and what it registered."""
+
+    pid: int
+    uid: int
+    gid: int
+    log: logging.LoggerAdapter[logging.Logger]
+    registration: Owner | None = None  # the owner this connection registered
+    restricted: bool = False  # registered with restrict: may send nothing more
+
+    @property
+    def registered(self) -> bool:
+        return self.registration is not None
+
+
+def _guard(session: Session) -> None:
+    """The one check of per-connection state, made before any request is looked at."""
+    if session.restricted:
+        session.registration = None  # the connection closes; the pidfd keeps watching
+        raise Restricted(
+            "this registration connection is restricted: it may send no further requests"
+        )
+
+
+async def dispatch(d: Daemon, session: Session, message: dict[str, Any]) -> tuple[Reply, bool]:
+    """Answer one decoded frame: (reply, close the connection after sending it)."""
+    try:
+        _guard(session)
+        request = protocol.parse_request(message)
+        if d.stopping:
+            raise ShuttingDown("virtdlmd is stopping; retry once it is back")
+        return await HANDLERS[request.op](d, session, request), False
+    except (ProtocolError, InvalidRequest, Restricted) as err:
+        session.log.warning("peer pid %d uid %d: %s", session.pid, session.uid, err)
+        return protocol.error_reply(err), True
+    except VirtDlmError as err:
+        if err.code != ErrorCode.BUSY:
+            session.log.warning("%s %s: %s", message.get("op"), _who(message), err)
+        return protocol.error_reply(err), False
+
+
+async def closed(d: Daemon, session: Session) -> None:
+    """The connection ended: if it was an owner's registration, QEMU is gone."""
+    owner = session.registration
+    if owner is not None and not d.stopping:
+        owner.registered = False
+        await d.registry.owner_gone(owner, "registration connection closed")
+
+
+# -- one handler per op -------------------------------------------------------------------
+
+
+async def _register(d: Daemon, session: Session, request: Request) -> Reply:
+    spec = _owner_of(request)
+    if spec.pid != session.pid:
+        raise Denied(f"register: claimed pid {spec.pid} is not the caller's pid {session.pid}")
+    async with d.decide:
+        owner = await d.registry.owner_for(spec, create=True)
+    assert owner is not None
+    owner.registered = True
+    session.registration = owner
+    session.restricted = request.restrict
+    return protocol.ok_reply()
+
+
+async def _acquire(d: Daemon, session: Session, request: Request) -> Reply:
+    spec = _owner_of(request)
+    policy.check_policy(d.config, request.resources)
+    wants = await policy.wants(d.config, request.resources)
+    async with d.decide:
+        owner = await d.registry.owner_for(spec, create=True)
+        assert owner is not None
+        await d.worker.run(d.locker.acquire, owner, wants)
+        d.registry.save(owner)
+    return protocol.ok_reply()
+
+
+async def _release(d: Daemon, session: Session, request: Request) -> Reply:
+    spec = _owner_of(request)
+    async with d.decide:
+        owner = await d.registry.owner_for(spec, create=False)
+        if owner is None:
+            return protocol.ok_reply()
+        held = d.locker.held_by(owner)
+        names = await policy.release_names(d.config, held, request.resources)
+        await d.worker.run(d.locker.release, owner, names)
+        d.registry.save(owner)
+    return protocol.ok_reply()
+
+
+async def _inquire(d: Daemon, session: Session, request: Request) -> Reply:
+    return protocol.ok_reply(state="")
+
+
+async def _status(d: Daemon, session: Session, request: Request) -> Reply:
+    backend = d.locker.backend
+    status: dict[str, Any] = {
+        "version": __version__,
+        "pid": os.getpid(),
+        "backend": backend.name,
+        "cluster": backend.cluster,
+        "lockspace": backend.lockspace,
+        "node_id": backend.node_id,
+        "node_name": d.locker.node_name,
+        "socket": d.config.socket_path,
+        "owners": len(d.registry),
+        "locks": d.locker.lock_count(),
+        "uptime_s": round(time.monotonic() - d.started, 3),
+    }
+    if not backend.cluster:
+        status["warning"] = "model backend: single-host test model, NOT a cluster lock"
+    return protocol.ok_reply(status=status)
+
+
+async def _locks(d: Daemon, session: Session, request: Request) -> Reply:
+    node = d.locker.node_name
+    locks = [
+        {
+            "resource": held.resource,
+            "kind": held.kind,
+            "path": held.label,
+            "mode": held.mode.name,
+            "domain": held.owner.name,
+            "uuid": held.owner.uuid,
+            "pid": held.owner.pid,
+            "node": node,
+        }
+        for held in d.locker.all_held()
+    ]
+    return protocol.ok_reply(locks=sorted(locks, key=lambda x: (x["path"], x["domain"])))
+
+
+Handler = Callable[["Daemon", Session, Request], Awaitable[Reply]]
+
+HANDLERS: dict[str, Handler] = {
+    "register": _register,
+    "acquire": _acquire,
+    "release": _release,
+    "inquire": _inquire,
+    "status": _status,
+    "locks": _locks,
+}
+assert set(HANDLERS) == protocol.OPS, "every op of the protocol has exactly one handler"
+
+
+def _owner_of(request: Request) -> OwnerSpec:
+    assert request.owner is not None, "parse_request gives every owner op an owner"
+    return request.owner
+
+
+def _who(message: dict[str, Any]) -> str:
+    owner = message.get("owner")
+    if isinstance(owner, dict):
+        return f"{owner.get('name')} pid {owner.get('pid')}"
+    return ""
