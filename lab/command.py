@@ -1,8 +1,8 @@
 """The one way the lab runs a command: with a timeout, returning a result record.
 
 Callers choose strictness: ``run`` returns the Result whatever the exit code; ``check``
-raises CommandFailed on a non-zero exit; a timeout always raises CommandTimeout. Tests never
-call subprocess themselves.
+raises CommandFailed on a non-zero exit; a timeout always raises CommandTimeout, a command
+that cannot start (not installed) CommandNotStarted. Tests never call subprocess themselves.
 """
 
 from __future__ import annotations
@@ -16,7 +16,7 @@ import time
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 
-from virtdlm.owners import process_start_time
+from virtdlm.procfs import process_start_time
 
 from .wait import LabError
 
@@ -50,6 +50,10 @@ class CommandFailed(LabError):
         self.result = result
 
 
+class CommandNotStarted(LabError):
+    pass
+
+
 class CommandTimeout(LabError):
     def __init__(self, node: str, argv: Sequence[str], timeout_s: float, out: str) -> None:
         super().__init__(
@@ -73,16 +77,19 @@ def run(
     started = time.monotonic()
     # Its own process group, so that a timeout kills the command *and* its children: a
     # child left alive would hold the output pipes open and the wait would never end.
-    proc = subprocess.Popen(
-        list(argv),
-        stdin=subprocess.PIPE if input_text is not None else subprocess.DEVNULL,
-        stdout=subprocess.PIPE,
-        stderr=None if show_progress else subprocess.PIPE,
-        text=True,
-        env=dict(env) if env is not None else None,
-        cwd=cwd,
-        start_new_session=True,
-    )
+    try:
+        proc = subprocess.Popen(
+            list(argv),
+            stdin=subprocess.PIPE if input_text is not None else subprocess.DEVNULL,
+            stdout=subprocess.PIPE,
+            stderr=None if show_progress else subprocess.PIPE,
+            text=True,
+            env=dict(env) if env is not None else None,
+            cwd=cwd,
+            start_new_session=True,
+        )
+    except OSError as exc:  # not installed, not executable: say so, with the OS's words
+        raise CommandNotStarted(f"[{node}] {shlex.join(argv)}: cannot start it: {exc}") from exc
     try:
         out, err = proc.communicate(input_text, timeout=timeout_s)
     except subprocess.TimeoutExpired as exc:

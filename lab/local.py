@@ -6,6 +6,8 @@ over /etc/libvirt, /run/libvirt, /var/lib/libvirt, /var/log/libvirt and /var/cac
 so the lab's virtlogd, virtlockd, libvirtd, virtdlmd (model backend, on a model server that
 outlives it) and QEMU see standard paths while the host's own libvirt is untouched. Clients
 reach the private libvirtd at ``qemu:///system?socket=<root>/run/libvirt/libvirt-sock``.
+Whatever the lab leaves running is detached from the caller's terminal (stdin /dev/null,
+stdout and stderr to <root>/logs/), so ``make local-lab 2>&1 | tee log`` returns.
 
     python -m lab.local start|stop|status [--root DIR] [--lock-manager dlm|lockd|nop]
 """
@@ -40,6 +42,7 @@ PRIVATE_DIRS = {
 }
 START_TIMEOUT_S = 30.0
 STOP_TIMEOUT_S = 15.0
+STATUS_TIMEOUT_S = 2.0
 MAX_SOCKET_PATH_BYTES = 100
 LOCK_MANAGERS = ("dlm", "lockd", "nop")
 
@@ -51,6 +54,23 @@ def default_root() -> str:
         return DEFAULT_ROOT
     digest = hashlib.sha256(REPO.encode()).hexdigest()[:8]
     return f"/run/virtdlm-local-{digest}"
+
+
+def config_files(lock_manager: str) -> dict[str, str]:
+    """The private daemons' configuration files, by path under the lab's root."""
+    return {
+        "etc/libvirtd.conf": 'auth_unix_rw = "none"\nunix_sock_rw_perms = "0700"\n'
+        'log_outputs = "3:file:/var/log/libvirt/libvirtd.log"\n',
+        "etc/qemu.conf": f'lock_manager = "{lock_manager}"\nuser = "root"\ngroup = "root"\n'
+        'security_driver = "none"\ncgroup_controllers = [ ]\nnamespaces = [ ]\n'
+        "remember_owner = 0\n",
+        "etc/qemu-dlm.conf": "# local lab: the model backend, on a model server that outlives "
+        'virtdlmd\nbackend = "model"\nmodel_socket = "/run/libvirt/virtdlm-model.sock"\n'
+        'node_name = "local"\nstate_dir = "/run/libvirt/virtdlmd-state"\n',
+        "etc/qemu-lockd.conf": "auto_disk_leases = 1\n",
+        "etc/virtlogd.conf": 'log_outputs = "3:file:/var/log/libvirt/virtlogd.log"\n',
+        "etc/virtlockd.conf": 'log_outputs = "3:file:/var/log/libvirt/virtlockd.log"\n',
+    }
 
 
 @dataclass
@@ -117,49 +137,12 @@ class LocalLab:
 
     # -- configuration ----------------------------------------------------------------------
 
-    def _write(self, relpath: str, text: str) -> None:
-        path = os.path.join(self.root, relpath)
-        os.makedirs(os.path.dirname(path), exist_ok=True)
-        with open(path, "w", encoding="utf-8") as f:
-            f.write(text)
-
     def write_config(self) -> None:
-        self._write(
-            "etc/libvirtd.conf",
-            'auth_unix_rw = "none"\nunix_sock_rw_perms = "0700"\n'
-            'log_outputs = "3:file:/var/log/libvirt/libvirtd.log"\n',
-        )
-        self._write(
-            "etc/qemu.conf",
-            "\n".join(
-                [
-                    f'lock_manager = "{self.lock_manager}"',
-                    'user = "root"',
-                    'group = "root"',
-                    'security_driver = "none"',
-                    "cgroup_controllers = [ ]",
-                    "namespaces = [ ]",
-                    "remember_owner = 0",
-                    "",
-                ]
-            ),
-        )
-        self._write(
-            "etc/qemu-dlm.conf",
-            "\n".join(
-                [
-                    "# local lab: the model backend, on a model server that outlives virtdlmd",
-                    'backend = "model"',
-                    'model_socket = "/run/libvirt/virtdlm-model.sock"',
-                    'node_name = "local"',
-                    'state_dir = "/run/libvirt/virtdlmd-state"',
-                    "",
-                ]
-            ),
-        )
-        self._write("etc/qemu-lockd.conf", "auto_disk_leases = 1\n")
-        self._write("etc/virtlogd.conf", 'log_outputs = "3:file:/var/log/libvirt/virtlogd.log"\n')
-        self._write("etc/virtlockd.conf", 'log_outputs = "3:file:/var/log/libvirt/virtlockd.log"\n')
+        for relpath, text in config_files(self.lock_manager).items():
+            path = os.path.join(self.root, relpath)
+            os.makedirs(os.path.dirname(path), exist_ok=True)
+            with open(path, "w", encoding="utf-8") as f:
+                f.write(text)
         drivers = os.path.join(self.root, "lock-driver")
         os.makedirs(drivers, exist_ok=True)
         for name, target in (
@@ -189,11 +172,16 @@ class LocalLab:
         os.makedirs(self.images, exist_ok=True)
         os.makedirs(self.logs, exist_ok=True)
         self.write_config()
-        anchor = subprocess.Popen(
-            ["unshare", "--mount", "--propagation", "private", "sleep", "infinity"],
-            stdin=subprocess.DEVNULL,
-            start_new_session=True,
-        )
+        # Detached from the caller's terminal like the daemons: a holder of the caller's
+        # stdout would keep `make local-lab | tee log` waiting for it forever.
+        with open(os.path.join(self.logs, "namespace.log"), "ab") as log:
+            anchor = subprocess.Popen(
+                ["unshare", "--mount", "--propagation", "private", "sleep", "infinity"],
+                stdin=subprocess.DEVNULL,
+                stdout=log,
+                stderr=log,
+                start_new_session=True,
+            )
         self._save_state(anchor.pid, [])
         wait_for(lambda: self._in_new_ns(anchor.pid), START_TIMEOUT_S, what="unshare")
         created = [t for t in PRIVATE_DIRS.values() if not os.path.isdir(t)]
@@ -272,9 +260,9 @@ class LocalLab:
         )
 
     def _virtdlmd_answers(self) -> bool:
-        from virtdlm.client import call
+        from virtdlm.client import status
 
-        return bool(call(self.dlm_socket, {"v": 1, "op": "status"}, timeout_s=2)["ok"])
+        return bool(status(self.dlm_socket, timeout_s=STATUS_TIMEOUT_S))
 
     def start_libvirtd(self) -> None:
         env = dict(

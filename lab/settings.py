@@ -23,6 +23,7 @@ VAGRANT_SETTINGS = os.path.join(LAB_DIR, "vagrant-settings.json")
 ENV_PREFIX = "VIRTDLM_LAB_"
 BOOT_TIMEOUT_S = 600
 LOCK_MANAGERS = ("dlm", "nop")
+BOX_NAME_PREFIX = "virtdlm-debian12-"  # vagrant's name for a box: this + its recipe digest
 
 
 class SettingsError(LabError):
@@ -79,7 +80,7 @@ def vagrant_settings(settings: dict[str, Any], box_dir: str, domain_type: str) -
     return {
         **settings,
         "box_dir": box_dir,
-        "box_name": f"virtdlm-debian12-{os.path.basename(box_dir.rstrip('/'))}",
+        "box_name": f"{BOX_NAME_PREFIX}{os.path.basename(box_dir.rstrip('/'))}",
         "domain_type": domain_type,
         "prefix": prefix,
         "management_network": f"{prefix}mgmt",

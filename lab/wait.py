@@ -1,7 +1,13 @@
-"""The one polling helper: wait for a condition with a deadline, never sleep and hope."""
+"""Waiting with deadlines: the one polling helper, and one bound for a blocking call.
+
+Never sleep and hope: ``wait_for`` polls a predicate until a deadline; ``bounded_call`` runs
+a call that may block (an SSH read from a dead node, a hung library call) on a helper thread
+and gives up on it at a deadline.
+"""
 
 from __future__ import annotations
 
+import threading
 import time
 from collections.abc import Callable
 from typing import TypeVar
@@ -37,3 +43,37 @@ def wait_for(
         if time.monotonic() >= deadline:
             raise WaitTimeout(f"waited {timeout_s:.1f} s for {what}; last seen: {last!r}")
         time.sleep(interval_s)
+
+
+def bounded_call(
+    fn: Callable[[], T],
+    timeout_s: float,
+    what: str,
+    on_expiry: Callable[[], object] | None = None,
+) -> T:
+    """`fn()`'s value or exception, or WaitTimeout once `timeout_s` has passed.
+
+    `fn` runs on a daemon thread, so a call that never returns cannot hold up the program's
+    exit. At the deadline `on_expiry` runs first: it should make the call return (close
+    the connection it reads from), so the thread ends soon after.
+    """
+    value: list[T] = []
+    error: list[BaseException] = []
+    done = threading.Event()
+
+    def target() -> None:
+        try:
+            value.append(fn())
+        except BaseException as err:  # re-raised in the caller's thread below
+            error.append(err)
+        finally:
+            done.set()
+
+    threading.Thread(target=target, name=f"bounded: {what}"[:60], daemon=True).start()
+    if not done.wait(timeout_s):
+        if on_expiry is not None:
+            on_expiry()
+        raise WaitTimeout(f"{what} did not finish in {timeout_s:.0f} s")
+    if error:
+        raise error[0]
+    return value[0]

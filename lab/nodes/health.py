@@ -1,8 +1,12 @@
-"""The lab's health checks (make lab-status): parsers are pure, runners use lab.nodes.node.
+"""The lab's health checks (make lab-status): testinfra assertions on each node, one table.
 
 corosync quorate with two members, the DLM lockspace joined on both nodes, the share
 mounted on both, virtdlmd up with the libdlm backend, libvirtd running with dlm.so loaded,
 and a smoke live migration from node-a to node-b that carries its lock along.
+
+Each node check is a function of the node's testinfra Host that asserts what must hold and
+returns the row's detail; a failed assertion's message (or the lab error, a timeout
+included) becomes the row's detail. Parsers of the tools' text are pure functions.
 """
 
 from __future__ import annotations
@@ -10,7 +14,7 @@ from __future__ import annotations
 import concurrent.futures
 import json
 import re
-import shlex
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
@@ -21,6 +25,13 @@ from .node import Node
 SMOKE = "lab-smoke"
 CHECK_TIMEOUT_S = 30.0
 MIGRATE_TIMEOUT_S = 180.0
+DETAIL_CHARS = 120
+CLUSTER_SIZE = 2
+LOCKSPACE = "libvirt"
+DLM_DRIVER = "lock-driver/dlm.so"
+# A testinfra Host: its modules (host.service, host.file, ...) are attributes made at run
+# time, which mypy cannot see.
+Host = Any
 
 
 @dataclass(frozen=True)
@@ -58,6 +69,12 @@ def parse_lockspace(text: str, name: str) -> tuple[list[int], int] | None:
     return None
 
 
+def parse_lock_manager(qemu_conf: str) -> str | None:
+    """The `lock_manager = ...` line of qemu.conf, None when it is not set."""
+    m = re.search(r"^lock_manager\s*=.*$", qemu_conf, re.M)
+    return m.group(0).strip() if m else None
+
+
 def format_table(checks: list[Check]) -> str:
     rows = [("CHECK", "NODE", "OK", "DETAIL")] + [
         (c.name, c.node, "yes" if c.ok else "NO", c.detail) for c in checks
@@ -68,78 +85,99 @@ def format_table(checks: list[Check]) -> str:
     )
 
 
+def _brief(text: str) -> str:
+    return text.strip()[:DETAIL_CHARS]
+
+
+# -- the node checks: assert on the node, return the row's detail ------------------------
+
+
+def corosync_quorate(host: Host, settings: dict[str, Any]) -> str:
+    assert host.service("corosync").is_running, "corosync is not running"
+    out = host.run("corosync-quorumtool -s")
+    quorate, members = parse_quorum(out.stdout)
+    detail = f"quorate={quorate} members={members}"
+    assert quorate and members == CLUSTER_SIZE, (
+        detail if members else _brief(out.stdout + out.stderr)
+    )
+    return detail
+
+
+def lockspace_joined(host: Host, settings: dict[str, Any]) -> str:
+    out = host.run("dlm_tool ls")
+    spaces = parse_lockspaces(out.stdout)
+    detail = f"lockspaces: {', '.join(spaces) or 'none'}"
+    assert LOCKSPACE in spaces, detail if out.rc == 0 else _brief(out.stderr or detail)
+    return detail
+
+
+def share_mounted(host: Host, settings: dict[str, Any]) -> str:
+    mnt = str(settings["mount_point"])
+    share = host.mount_point(mnt)
+    assert share.exists, f"{mnt} not mounted"
+    assert share.filesystem.startswith("nfs"), f"{mnt} is {share.filesystem}, not nfs"
+    return f"{share.filesystem} {share.device}"
+
+
+def virtdlmd_libdlm(host: Host, settings: dict[str, Any]) -> str:
+    out = host.run("virtdlm status --json")
+    assert out.rc == 0, _brief(out.stderr or out.stdout)
+    try:
+        status = json.loads(out.stdout)
+    except json.JSONDecodeError:
+        status = {}
+    detail = (
+        f"backend={status.get('backend')} node_id={status.get('node_id')} "
+        f"locks={status.get('locks')}"
+    )
+    assert status, _brief(out.stdout)
+    assert status.get("backend") == "libdlm", detail
+    assert host.service("virtdlmd").is_running, "virtdlmd.service is not running"
+    return detail
+
+
+def libvirtd_dlm(host: Host, settings: dict[str, Any]) -> str:
+    # libvirtd is socket-activated and exits when idle: a call wakes it first.
+    woken = host.run("virsh -c qemu:///system version")
+    assert woken.rc == 0, _brief(woken.stderr or woken.stdout)
+    assert host.service("libvirtd").is_running, "libvirtd is not running"
+    pid = host.run("pidof libvirtd").stdout.split()
+    assert pid, "libvirtd has no process"
+    assert host.file(f"/proc/{pid[0]}/maps").contains(DLM_DRIVER), "dlm.so not loaded"
+    line = parse_lock_manager(host.file("/etc/libvirt/qemu.conf").content_string)
+    assert line is not None, "qemu.conf sets no lock_manager"
+    return line
+
+
+NODE_CHECKS: tuple[tuple[str, Callable[[Host, dict[str, Any]], str]], ...] = (
+    ("corosync quorate, 2 members", corosync_quorate),
+    ("dlm lockspace 'libvirt' joined", lockspace_joined),
+    ("nfs share mounted", share_mounted),
+    ("virtdlmd up, backend libdlm", virtdlmd_libdlm),
+    ("libvirtd uses the dlm lock manager", libvirtd_dlm),
+)
+
+
+def node_checks(node: Node, settings: dict[str, Any]) -> list[Check]:
+    if not __debug__:
+        raise LabError("the health checks are assertions: run Python without -O")
+    out = []
+    for name, check in NODE_CHECKS:
+        try:
+            out.append(Check(name, node.name, True, check(node.host, settings)))
+        except AssertionError as err:
+            out.append(Check(name, node.name, False, str(err).splitlines()[0] if str(err) else ""))
+        except LabError as err:  # a timeout or a lost connection: this row fails
+            out.append(Check(name, node.name, False, _brief(str(err).splitlines()[0])))
+    return out
+
+
 def _safe(node: Node, command: str, timeout_s: float = CHECK_TIMEOUT_S) -> tuple[int, str]:
     try:
         r = node.run(command, timeout_s)
         return r.rc, (r.stdout + r.stderr)
     except LabError as err:
         return -1, str(err)
-
-
-def node_checks(node: Node, settings: dict[str, Any]) -> list[Check]:
-    out = []
-    rc, text = _safe(node, "corosync-quorumtool -s")
-    quorate, members = parse_quorum(text)
-    out.append(
-        Check(
-            "corosync quorate, 2 members",
-            node.name,
-            quorate and members == 2,
-            f"quorate={quorate} members={members}" if rc >= 0 else text[:120],
-        )
-    )
-    _, text = _safe(node, "dlm_tool ls")
-    spaces = parse_lockspaces(text)
-    out.append(
-        Check(
-            "dlm lockspace 'libvirt' joined",
-            node.name,
-            "libvirt" in spaces,
-            f"lockspaces: {', '.join(spaces) or 'none'}",
-        )
-    )
-    mnt = settings["mount_point"]
-    rc, text = _safe(node, f"findmnt -n -o FSTYPE,SOURCE,OPTIONS {shlex.quote(mnt)}")
-    out.append(
-        Check(
-            "nfs share mounted",
-            node.name,
-            rc == 0 and text.startswith("nfs"),
-            " ".join(text.split()[:2]) if rc == 0 else f"{mnt} not mounted",
-        )
-    )
-    rc, text = _safe(node, "virtdlm status --json")
-    try:
-        status = json.loads(text) if rc == 0 else {}
-    except json.JSONDecodeError:
-        status = {}
-    out.append(
-        Check(
-            "virtdlmd up, backend libdlm",
-            node.name,
-            status.get("backend") == "libdlm",
-            f"backend={status.get('backend')} node_id={status.get('node_id')} "
-            f"locks={status.get('locks')}"
-            if status
-            else text.strip()[:120],
-        )
-    )
-    rc, text = _safe(
-        node,
-        # libvirtd is socket-activated and exits when idle: a call wakes it first.
-        "virsh -c qemu:///system version >/dev/null && pid=$(pidof libvirtd) && "
-        "grep -c 'lock-driver/dlm.so' /proc/$pid/maps && "
-        "grep -h '^lock_manager' /etc/libvirt/qemu.conf",
-    )
-    out.append(
-        Check(
-            "libvirtd uses the dlm lock manager",
-            node.name,
-            rc == 0,
-            text.strip().splitlines()[-1] if rc == 0 else "dlm.so not loaded",
-        )
-    )
-    return out
 
 
 def smoke_migration(nodes: dict[str, Node], settings: dict[str, Any]) -> Check:

@@ -1,24 +1,38 @@
-"""One lab node reached over SSH (paramiko): run commands with deadlines, copy files in.
+"""One lab node: a testinfra host over SSH (paramiko), every command with a deadline.
 
-Every remote command runs under coreutils `timeout` on the node *and* a channel deadline
-here, so neither a hung virsh nor a dead node can hang the test run. Results are the same
-record lab.command returns.
+``Node.host`` is a testinfra Host on its paramiko backend, configured by the node's
+`vagrant ssh-config` file: health checks and tests write ``host.service(...)``,
+``host.file(...)``, ``host.mount_point(...)``, ``host.run(...)``. Every command it runs, its
+own modules' included, runs under coreutils `timeout` (and `sudo -n`, never a password
+prompt) on the node *and* under a deadline here (lab.wait.bounded_call), so neither a hung
+virsh nor a dead node can hang the test run. ``run``/``check`` return lab.command's Result
+record; ``put`` copies a file in over the same SSH connection (SFTP).
 """
 
 from __future__ import annotations
 
+import math
+import os
 import shlex
+import threading
 import time
 from dataclasses import dataclass
+from typing import Any
 
 import paramiko
+import testinfra.host
+from testinfra.backend.base import BaseBackend, CommandResult
+from testinfra.backend.paramiko import ParamikoBackend
 
 from ..command import CommandFailed, CommandTimeout, Result
-from ..wait import LabError
+from ..wait import LabError, WaitTimeout, bounded_call
 
 DEFAULT_TIMEOUT_S = 60.0
-CONNECT_TIMEOUT_S = 15.0
-GRACE_S = 5.0  # the channel waits this much longer than the remote `timeout`
+CONNECT_TIMEOUT_S = 15
+PUT_TIMEOUT_S = 300.0
+GRACE_S = 5.0  # the local deadline waits this much longer than the remote `timeout`
+KILL_AFTER_S = 5  # `timeout -k`: SIGKILL this long after the SIGTERM
+TIMEOUT_RC = 124  # coreutils timeout: the command ran out of time
 
 
 @dataclass(frozen=True)
@@ -29,77 +43,123 @@ class SshConfig:
     identity: str
 
 
-def parse_ssh_config(text: str) -> SshConfig:
-    """Parse `vagrant ssh-config NODE` output (captured text in, record out)."""
-    values: dict[str, str] = {}
-    for line in text.splitlines():
-        parts = line.strip().split(None, 1)
-        if len(parts) == 2:
-            values.setdefault(parts[0].lower(), parts[1].strip().strip('"'))
-    try:
-        return SshConfig(
-            values["hostname"],
-            int(values.get("port", "22")),
-            values.get("user", "vagrant"),
-            values["identityfile"],
-        )
-    except KeyError as err:
-        raise LabError(f"vagrant ssh-config lacks {err.args[0]}: {text[:300]!r}") from err
+def parse_ssh_config(text: str, name: str) -> SshConfig:
+    """The Host `name` entry of `vagrant ssh-config` output, read by paramiko's parser (the
+    one testinfra's paramiko backend reads the same file with)."""
+    config = paramiko.SSHConfig.from_text(text)
+    if name not in config.get_hostnames():
+        raise LabError(f"vagrant ssh-config has no Host {name}: {text[:300]!r}")
+    values = config.lookup(name)
+    if "identityfile" not in values:
+        raise LabError(f"vagrant ssh-config of {name} lacks IdentityFile: {text[:300]!r}")
+    return SshConfig(
+        values["hostname"],
+        int(values.get("port", "22")),
+        values.get("user", "vagrant"),
+        values["identityfile"][0],
+    )
+
+
+def remote_command(command: str, timeout_s: float, sudo: bool) -> str:
+    """The shell line a node runs for `command`: under `timeout`, as root unless told not."""
+    seconds = max(1, math.ceil(timeout_s))  # `timeout 0` would mean no deadline at all
+    line = f"timeout -k {KILL_AFTER_S} {seconds} sh -c {shlex.quote(command)}"
+    return f"sudo -n {line}" if sudo else line
+
+
+class Deadlines(BaseBackend):
+    """A testinfra backend's commands with the lab's deadlines (remote_command and a local
+    bound); mixed in before a backend class, e.g. DeadlineBackend below.
+
+    sudo and `timeout` are added here, not by testinfra's `sudo /bin/sh -c`.
+    """
+
+    timeout_s: float = DEFAULT_TIMEOUT_S
+    as_root: bool = True
+
+    def get_command(self, command: str, *args: str) -> str:
+        return self.quote(command, *args)
+
+    def run(
+        self,
+        command: str,
+        *args: str,
+        timeout_s: float | None = None,
+        sudo: bool | None = None,
+        **kwargs: Any,
+    ) -> CommandResult:
+        limit = self.timeout_s if timeout_s is None else timeout_s
+        line = self.quote(command, *args)
+        wrapped = remote_command(line, limit, self.as_root if sudo is None else sudo)
+        backend_run = super().run
+        try:
+            result = bounded_call(
+                lambda: backend_run(wrapped),
+                limit + GRACE_S,
+                f"[{self.hostname}] {line}",
+                self.close,
+            )
+        except WaitTimeout as err:
+            raise CommandTimeout(self.hostname, [line], limit, "") from err
+        except (OSError, EOFError, paramiko.SSHException) as err:
+            self.close()
+            raise LabError(f"[{self.hostname}] {line}: ssh failed: {err}") from err
+        if result.rc == TIMEOUT_RC:
+            raise CommandTimeout(
+                self.hostname,
+                [line],
+                limit,
+                (result.stdout_bytes + result.stderr_bytes).decode(errors="replace"),
+            )
+        return result
+
+    def close(self) -> None:
+        """Drop the connection, if the backend has one; the next command connects again."""
+
+
+class DeadlineBackend(Deadlines, ParamikoBackend):
+    """testinfra's paramiko backend, reading the node's ssh-config file, with deadlines."""
+
+    def __init__(self, name: str, ssh_config: str) -> None:
+        super().__init__(name, ssh_config=ssh_config, timeout=CONNECT_TIMEOUT_S)
+        self._lock = threading.Lock()
+
+    def ssh_client(self) -> paramiko.SSHClient:
+        """The connection (testinfra's, made on first use)."""
+        with self._lock:
+            return self.client
+
+    def close(self) -> None:
+        with self._lock:
+            client = vars(self).pop("client", None)  # testinfra caches it as a property
+        if client is not None:
+            client.close()
 
 
 class Node:
-    def __init__(self, name: str, ssh: SshConfig) -> None:
+    def __init__(self, name: str, ssh: SshConfig, host: testinfra.host.Host) -> None:
         self.name = name
         self.ssh = ssh
-        self._client: paramiko.SSHClient | None = None
+        self.host = host
 
-    def _connect(self) -> paramiko.SSHClient:
-        transport = self._client.get_transport() if self._client is not None else None
-        if self._client is not None and transport is not None and transport.is_active():
-            return self._client
-        client = paramiko.SSHClient()
-        client.set_missing_host_key_policy(paramiko.AutoAddPolicy())  # lab VMs, fresh keys
-        try:
-            client.connect(
-                self.ssh.host,
-                self.ssh.port,
-                self.ssh.user,
-                key_filename=self.ssh.identity,
-                timeout=CONNECT_TIMEOUT_S,
-                banner_timeout=CONNECT_TIMEOUT_S,
-                auth_timeout=CONNECT_TIMEOUT_S,
-                allow_agent=False,
-                look_for_keys=False,
-            )
-        except (OSError, paramiko.SSHException) as err:
-            raise LabError(
-                f"[{self.name}] ssh {self.ssh.user}@{self.ssh.host}:{self.ssh.port}: {err}"
-            ) from err
-        self._client = client
-        return client
+    @classmethod
+    def from_ssh_config(cls, name: str, path: str) -> Node:
+        """A node reached as `vagrant ssh-config NAME` (saved at `path`) says."""
+        with open(path, encoding="utf-8") as f:
+            ssh = parse_ssh_config(f.read(), name)
+        backend = DeadlineBackend(name, path)
+        # Not testinfra.get_host: its cache would share one connection between Nodes.
+        host = testinfra.host.Host(backend)
+        backend.set_host(host)
+        return cls(name, ssh, host)
 
     def run(self, command: str, timeout_s: float = DEFAULT_TIMEOUT_S, sudo: bool = True) -> Result:
         """Run a shell command on the node; returns the Result whatever its exit code."""
-        wrapped = f"timeout -k 5 {int(timeout_s)} sh -c {shlex.quote(command)}"
-        if sudo:
-            wrapped = f"sudo -n {wrapped}"
         started = time.monotonic()
-        client = self._connect()
-        try:
-            _stdin, stdout, stderr = client.exec_command(wrapped, timeout=timeout_s + GRACE_S)
-            out = stdout.read().decode(errors="replace")
-            err = stderr.read().decode(errors="replace")
-            rc = stdout.channel.recv_exit_status()
-        except TimeoutError as exc:
-            self.close()
-            raise CommandTimeout(self.name, [command], timeout_s, "") from exc
-        except (OSError, paramiko.SSHException) as exc:
-            self.close()
-            raise LabError(f"[{self.name}] {command}: ssh failed: {exc}") from exc
-        result = Result(self.name, (command,), rc, out, err, time.monotonic() - started)
-        if rc == 124:  # coreutils timeout
-            raise CommandTimeout(self.name, [command], timeout_s, out + err)
-        return result
+        r = self.host.run(command, timeout_s=timeout_s, sudo=sudo)
+        # decoded here, not by testinfra: a stray byte in a journal must not fail the call
+        out, err = (b.decode(errors="replace") for b in (r.stdout_bytes, r.stderr_bytes))
+        return Result(self.name, (command,), r.rc, out, err, time.monotonic() - started)
 
     def check(
         self, command: str, timeout_s: float = DEFAULT_TIMEOUT_S, sudo: bool = True
@@ -110,14 +170,28 @@ class Node:
         return result
 
     def put(self, local: str, remote: str) -> None:
-        sftp = self._connect().open_sftp()
+        """Copy a file onto the node (as the ssh user), within PUT_TIMEOUT_S."""
+        backend = self.host.backend
+        if not isinstance(backend, DeadlineBackend):
+            raise LabError(f"[{self.name}] cannot copy {local}: not reached over SSH")
+
+        def copy() -> None:
+            sftp = backend.ssh_client().open_sftp()
+            try:
+                sftp.get_channel().settimeout(DEFAULT_TIMEOUT_S)  # type: ignore[union-attr]
+                sftp.put(local, remote)
+            finally:
+                sftp.close()
+
+        what = f"[{self.name}] copy {os.path.basename(local)} to {remote}"
         try:
-            sftp.get_channel().settimeout(DEFAULT_TIMEOUT_S)  # type: ignore[union-attr]
-            sftp.put(local, remote)
-        finally:
-            sftp.close()
+            bounded_call(copy, PUT_TIMEOUT_S, what, backend.close)
+        except WaitTimeout as err:
+            raise CommandTimeout(self.name, ["sftp put", local, remote], PUT_TIMEOUT_S, "") from err
+        except (OSError, EOFError, paramiko.SSHException) as err:
+            backend.close()
+            raise LabError(f"{what}: ssh failed: {err}") from err
 
     def close(self) -> None:
-        if self._client is not None:
-            self._client.close()
-            self._client = None
+        if isinstance(self.host.backend, Deadlines):
+            self.host.backend.close()

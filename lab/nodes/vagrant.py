@@ -1,38 +1,32 @@
-"""The one wrapper for the vagrant CLI: verbs as methods, deadlines, progress, and parsers.
+"""The one wrapper for vagrant: python-vagrant's verbs, each with a deadline and raising errors.
 
-Like python-vagrant, public methods are named after vagrant's verbs and the parsing of
-``--machine-readable`` output is kept apart (pure functions, tested on captured text).
-Unlike it, every call has a deadline and a failure raises (VagrantError with the command,
-exit code and the log's tail) instead of returning partial output. Long verbs stream their
-output to .lab/logs/vagrant.log and print progress lines with the elapsed time.
+python-vagrant (``import vagrant``) runs every verb: ``up`` (streaming, so progress shows
+as it happens), ``status``, ``destroy``, ``ssh_config``, ``box_list`` and ``box_remove``.
+It has no deadlines and returns or raises without vagrant's words, so each verb runs in
+the child program lab.nodes.vagrant_verb through lab.command.run: at the deadline the
+child's process group (vagrant and whatever it started) is killed and VagrantTimeout
+raised; a failure raises VagrantError with the command, exit code and vagrant's own error
+text or the log's tail. Decoding what the child prints is pure and tested on captured text.
 """
 
 from __future__ import annotations
 
-import contextlib
+import json
 import os
-import signal
-import subprocess
 import sys
-import threading
-import time
-from collections.abc import Sequence
 from dataclasses import dataclass
 
-from ..command import Result, run
+from ..command import CommandTimeout, Result, run
+from ..settings import REPO
 from ..wait import LabError
 
 UP_TIMEOUT_S = 1200.0
 DESTROY_TIMEOUT_S = 300.0
 QUERY_TIMEOUT_S = 60.0
-PROGRESS_MARKERS = (
-    "Bringing machine",
-    "Creating image",
-    "Uploading base box",
-    "Waiting for domain",
-    "Waiting for machine to boot",
-    "Machine booted",
-)
+BOX_REMOVE_TIMEOUT_S = 120.0
+ERROR_TAIL_CHARS = 800
+LOG_TAIL_LINES = 25
+CHILD = "lab.nodes.vagrant_verb"
 
 
 class VagrantError(LabError):
@@ -46,17 +40,37 @@ class VagrantTimeout(VagrantError):
 @dataclass(frozen=True)
 class MachineState:
     name: str
-    state: str  # "running", "not_created", "shutoff", ...
+    state: str  # "running", "not_created", "poweroff" (libvirt's shutoff), ...
 
 
-def parse_status(text: str) -> list[MachineState]:
-    """Machines and states from `vagrant status --machine-readable`."""
-    out = []
-    for line in text.splitlines():
-        parts = line.split(",", 3)
-        if len(parts) == 4 and parts[2] == "state" and parts[1]:
-            out.append(MachineState(parts[1], parts[3].strip()))
-    return out
+@dataclass(frozen=True)
+class Box:
+    name: str
+    provider: str
+    version: str
+
+
+def decode_status(text: str) -> list[MachineState]:
+    """The child's `status` output (python-vagrant's Status records as JSON)."""
+    return [MachineState(str(s["name"]), str(s["state"])) for s in _json_list(text)]
+
+
+def decode_boxes(text: str) -> list[Box]:
+    """The child's `box-list` output (python-vagrant's Box records as JSON)."""
+    return [
+        Box(str(b["name"]), str(b["provider"] or ""), str(b["version"] or ""))
+        for b in _json_list(text)
+    ]
+
+
+def _json_list(text: str) -> list[dict[str, object]]:
+    try:
+        value = json.loads(text)
+    except json.JSONDecodeError as err:
+        raise VagrantError(f"{CHILD} printed no JSON ({err}): {text[:300]!r}") from err
+    if not isinstance(value, list):
+        raise VagrantError(f"{CHILD} printed {type(value).__name__}, not a list: {text[:300]!r}")
+    return value
 
 
 def boot_or_network_timeout(log_tail: str) -> bool:
@@ -74,71 +88,39 @@ class Vagrant:
     def __init__(self, root: str, log_path: str, env: dict[str, str] | None = None) -> None:
         self.root = root
         self.log_path = log_path
+        base = os.environ if env is None else env
         self.env = dict(
-            os.environ if env is None else env,
+            base,
             VAGRANT_DEFAULT_PROVIDER="libvirt",
             VAGRANT_CHECKPOINT_DISABLE="1",
+            # the child imports lab.nodes.vagrant_verb from this tree, whatever its cwd
+            PYTHONPATH=os.pathsep.join(p for p in (REPO, base.get("PYTHONPATH")) if p),
         )
 
-    def _query(self, *args: str, timeout_s: float = QUERY_TIMEOUT_S) -> Result:
-        result = run(["vagrant", *args], timeout_s, "host", self.env, cwd=self.root)
-        if not result.ok:
-            raise VagrantError(
-                f"vagrant {' '.join(args)} failed (rc {result.rc}): {result.stderr.strip()[-800:]}"
-            )
-        return result
-
-    def _stream(self, args: Sequence[str], timeout_s: float, what: str) -> None:
-        """Run a long verb, logging everything and printing progress with elapsed time."""
-        started = time.monotonic()
+    def _verb(self, args: list[str], timeout_s: float, logged: bool = False) -> Result:
+        """Run one verb in the child; `logged`: vagrant's words are in the log, not stderr."""
+        what = " ".join(args)
+        argv = [sys.executable, "-m", CHILD, "--root", self.root, "--log", self.log_path, *args]
         os.makedirs(os.path.dirname(self.log_path), exist_ok=True)
-        with open(self.log_path, "a", encoding="utf-8") as log:
-            log.write(f"\n### vagrant {' '.join(args)} ({time.strftime('%F %T')})\n")
-            proc = subprocess.Popen(
-                ["vagrant", *args],
-                cwd=self.root,
-                env=self.env,
-                stdin=subprocess.DEVNULL,
-                stdout=subprocess.PIPE,
-                stderr=subprocess.STDOUT,
-                text=True,
-                start_new_session=True,  # its own process group: see expire()
-            )
-            expired = threading.Event()
-
-            def expire() -> None:
-                """Kill vagrant and every child it started (ssh, helpers): a child left
-                alive would hold the output pipe open and the read below would hang."""
-                expired.set()
-                with contextlib.suppress(ProcessLookupError):
-                    os.killpg(proc.pid, signal.SIGKILL)
-
-            timer = threading.Timer(timeout_s, expire)
-            timer.start()
-            assert proc.stdout is not None
-            try:
-                for line in proc.stdout:
-                    log.write(f"[{time.monotonic() - started:7.1f}] {line}")
-                    if any(m in line for m in PROGRESS_MARKERS):
-                        print(
-                            f"  [{time.monotonic() - started:6.0f}s] {line.strip()[:110]}",
-                            file=sys.stderr,
-                            flush=True,
-                        )
-                rc = proc.wait()
-            finally:
-                timer.cancel()
-        if expired.is_set():
+        try:
+            # up's progress lines go straight to our stderr as the child writes them
+            result = run(argv, timeout_s, "host", self.env, cwd=self.root, show_progress=logged)
+        except CommandTimeout as err:
             raise VagrantTimeout(
                 f"vagrant {what} did not finish in {timeout_s:.0f} s (log {self.log_path})"
-            )
-        if rc != 0:
+            ) from err
+        if result.ok:
+            return result
+        if logged:
             raise VagrantError(
-                f"vagrant {what} failed (rc {rc}); last lines of "
+                f"vagrant {what} failed (rc {result.rc}); last lines of "
                 f"{self.log_path}:\n{self.log_tail()}"
             )
+        raise VagrantError(
+            f"vagrant {what} failed (rc {result.rc}): {result.stderr.strip()[-ERROR_TAIL_CHARS:]}"
+        )
 
-    def log_tail(self, lines: int = 25) -> str:
+    def log_tail(self, lines: int = LOG_TAIL_LINES) -> str:
         try:
             with open(self.log_path, encoding="utf-8", errors="replace") as f:
                 return "".join(f.readlines()[-lines:])
@@ -148,13 +130,20 @@ class Vagrant:
     # -- verbs ----------------------------------------------------------------------------
 
     def up(self, provision: bool = False, timeout_s: float = UP_TIMEOUT_S) -> None:
-        self._stream(["up", "--provision" if provision else "--no-provision"], timeout_s, "up")
+        self._verb(["up", *(["--provision"] if provision else [])], timeout_s, logged=True)
 
     def status(self) -> list[MachineState]:
-        return parse_status(self._query("status", "--machine-readable").stdout)
+        return decode_status(self._verb(["status"], QUERY_TIMEOUT_S).stdout)
 
     def ssh_config(self, name: str) -> str:
-        return self._query("ssh-config", name).stdout
+        text = json.loads(self._verb(["ssh-config", name], QUERY_TIMEOUT_S).stdout)
+        return str(text)
 
     def destroy(self, timeout_s: float = DESTROY_TIMEOUT_S) -> None:
-        self._stream(["destroy", "--force"], timeout_s, "destroy")
+        self._verb(["destroy"], timeout_s, logged=True)
+
+    def box_list(self) -> list[Box]:
+        return decode_boxes(self._verb(["box-list"], QUERY_TIMEOUT_S).stdout)
+
+    def box_remove(self, name: str, provider: str) -> None:
+        self._verb(["box-remove", name, provider], BOX_REMOVE_TIMEOUT_S)

@@ -7,7 +7,8 @@ import xml.etree.ElementTree as ET
 
 import pytest
 
-from lab.command import CommandFailed, CommandTimeout, check, run
+from lab.command import CommandFailed, CommandNotStarted, CommandTimeout, check, run
+from lab.local import config_files
 from lab.suite.audit import LogWatch, double_writers, rw_exclusive_disks
 from lab.virt.domain import Disk, DomainSpec, Lease, domain_xml
 from lab.virt.refusal import LOCK_DAEMON_DOWN, LOCK_MANAGER, OTHER, QEMU_IMAGE_LOCK, classify
@@ -112,6 +113,20 @@ def test_commands_have_timeouts_and_strictness() -> None:
         check(["sh", "-c", "echo oops >&2; exit 3"])
     with pytest.raises(CommandTimeout, match="did not finish in 0 s"):
         run(["sleep", "5"], timeout_s=0.2)
+
+
+def test_a_command_that_cannot_start_says_why_in_the_os_words() -> None:
+    with pytest.raises(
+        CommandNotStarted, match=r"no-such-tool --version: cannot start it: .*No such file"
+    ):
+        run(["no-such-tool", "--version"])
+
+
+def test_the_local_labs_qemu_conf_names_its_lock_manager() -> None:
+    files = config_files("lockd")
+    assert 'lock_manager = "lockd"\n' in files["etc/qemu.conf"]
+    assert 'backend = "model"\n' in files["etc/qemu-dlm.conf"]
+    assert all(text.endswith("\n") for text in files.values())
 
 
 def test_a_timeout_also_ends_the_commands_children() -> None:
