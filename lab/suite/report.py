@@ -15,6 +15,8 @@ from collections.abc import Iterable
 from dataclasses import asdict, dataclass
 from typing import Any
 
+import libvirt
+
 VERDICTS = {
     "passed": ("pass", "as expected"),
     "failed": ("fail", "NOT as expected"),
@@ -109,7 +111,8 @@ def render_html(rows: list[Row], meta: dict[str, Any]) -> str:
         f"<p>{html.escape(str(meta.get('started', '')))} · {len(rows)} rows: "
         f"{html.escape(summary)} · {html.escape(str(meta.get('duration', '')))}</p>",
         "<p>actual is <code>ok</code> or the layer that refused: <code>lock-manager</code> "
-        "(dlm.so / virtdlmd, libvirt code 87), <code>qemu-image-lock</code> (QEMU's own "
+        f"(dlm.so / virtdlmd, libvirt code {libvirt.VIR_ERR_RESOURCE_BUSY}), "
+        "<code>qemu-image-lock</code> (QEMU's own "
         "image lock), <code>lock-daemon-down</code>, <code>other</code>. The control run "
         'runs the protection rows with <code>lock_manager = "nop"</code> and must show them '
         "unprotected.</p>",

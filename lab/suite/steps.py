@@ -12,7 +12,6 @@ from __future__ import annotations
 import contextlib
 import functools
 import json
-import shlex
 import time
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
@@ -20,20 +19,30 @@ from typing import Any
 
 import libvirt
 
+from ..cluster import NODES
 from ..nodes.node import Node
-from ..virt.domain import Disk, DomainSpec, domain_xml
+from ..virt.domain import DomainSpec, domain_xml
 from ..virt.hypervisor import Hypervisor, LibvirtFailure
-from ..virt.refusal import Refusal
+from ..virt.refusal import OK, Refusal
 from ..wait import LabError, wait_for
+from . import on_node
 from .audit import AuditFailure, double_writers
 
-OK = "ok"
-NODE_A, NODE_B = "node-a", "node-b"
-SHARED_DISK = "/dev/disk/by-id/virtio-virtdlm-shared"
-NODE_TREE = "/opt/virtdlm"  # where provisioning puts this tree inside each node
+NODE_A, NODE_B = NODES
 RELEASE_DEADLINE_S = 2.0  # a dead QEMU's locks are free on every node within this
 MIGRATE_TIMEOUT_S = 240.0
 SAVE_TIMEOUT_S = 180.0
+KILL_QEMU_TIMEOUT_S = 30.0  # the node's own watch (on_node.RELEASE_WATCH_S) and its start
+SHELL_TIMEOUT_S = 60.0  # a shell step, unless it says otherwise
+QUERY_TIMEOUT_S = 20.0  # a query on a node over SSH: `virtdlm locks`, a package version
+PING_TIMEOUT_S = 10.0  # is a libvirt connection still alive
+LOCKS_POLL_S = 0.1
+
+
+def libvirt_uri(host: str) -> str:
+    """libvirtd on a node over TCP (the nodes' libvirtd-tcp): from this host to its management
+    address, and from node to node by name for peer-to-peer migration."""
+    return f"qemu+tcp://{host}/system"
 
 
 @dataclass
@@ -76,50 +85,6 @@ class Step:
         return f"{self.action} {self.vm} on {where}"
 
 
-@dataclass(frozen=True)
-class Storage:
-    """Where the thesis's three disks live: image files on the NFS share, or the two
-    partitions of the shared block device (where QEMU's image locks cannot cross nodes)."""
-
-    name: str
-    one: str
-    two: str
-    share: str
-
-
-def nfs_storage(mount_point: str) -> Storage:
-    return Storage(
-        "nfs",
-        f"{mount_point}/one.qcow2",
-        f"{mount_point}/two.qcow2",
-        f"{mount_point}/share.raw",
-    )
-
-
-BLOCK = Storage("block", f"{SHARED_DISK}-part1", f"{SHARED_DISK}-part2", f"{SHARED_DISK}-part2")
-
-
-def thesis_vms(storage: Storage, domain_type: str = "qemu") -> dict[str, DomainSpec]:
-    """vm-1..vm-4 of the thesis's tables 5-1 and 5-2 on this storage."""
-    disks = {
-        "vm-1": (Disk(storage.one), Disk(storage.share, shareable=True)),
-        "vm-2": (Disk(storage.one),),
-        "vm-3": (Disk(storage.one, readonly=True),),
-        "vm-4": (Disk(storage.share, shareable=True),),
-    }
-    # One uuid per name and storage, the same on both nodes: it is the same VM wherever it runs.
-    return {
-        name: DomainSpec(name, d, domain_type=domain_type, uuid=_stable_uuid(storage.name, name))
-        for name, d in disks.items()
-    }
-
-
-def _stable_uuid(*parts: str) -> str:
-    import uuid
-
-    return str(uuid.uuid5(uuid.NAMESPACE_URL, "virtdlm-lab:" + "/".join(parts)))
-
-
 @dataclass
 class TwoNode:
     nodes: dict[str, Node]
@@ -131,7 +96,7 @@ class TwoNode:
     @classmethod
     def connect(cls, nodes: dict[str, Node]) -> TwoNode:
         """libvirt over TCP to each node's management address (the nodes' libvirtd-tcp)."""
-        hv = {n: Hypervisor(f"qemu+tcp://{node.ssh.host}/system", n) for n, node in nodes.items()}
+        hv = {n: Hypervisor(libvirt_uri(node.ssh.host), n) for n, node in nodes.items()}
         return cls(nodes, hv)
 
     def close(self) -> None:
@@ -200,7 +165,7 @@ class TwoNode:
             h.call(
                 f"migrate {vm} to {dst}",
                 dom.migrateToURI3,
-                f"qemu+tcp://{dst}/system",
+                libvirt_uri(dst),
                 params,
                 flags,
                 timeout_s=MIGRATE_TIMEOUT_S,
@@ -247,7 +212,9 @@ class TwoNode:
 
     # -- shell steps (faults) -------------------------------------------------------------
 
-    def shell(self, node: str, action: str, command: str, timeout_s: float = 60.0) -> str:
+    def shell(
+        self, node: str, action: str, command: str, timeout_s: float = SHELL_TIMEOUT_S
+    ) -> str:
         """A shell step on a node; it must succeed. Returns its stdout."""
         out: list[str] = []
         self.step(
@@ -258,36 +225,18 @@ class TwoNode:
         )
         return out[0]
 
-    def qemu_pid(self, node: str, vm: str) -> int:
-        text = self.nodes[node].check(f"cat /run/libvirt/qemu/{shlex.quote(vm)}.pid").stdout
-        return int(text.strip())
-
     def kill_qemu(self, node: str, vm: str) -> float:
         """kill -9 the domain's QEMU; returns the seconds until the node's virtdlmd holds no
-        lock of that domain any more, measured on the node itself: one Python process sends
-        the signal and then asks virtdlmd every 10 ms (no SSH or interpreter start between)."""
-        pid = self.qemu_pid(node, vm)
-        script = f"""PYTHONPATH={NODE_TREE}/plugin python3 - <<'EOF'
-import os, signal, time
-from virtdlm.client import call
-from virtdlm.config import DEFAULT_SOCKET_PATH
-def held():
-    reply = call(DEFAULT_SOCKET_PATH, {{"v": 1, "op": "locks"}}, timeout_s=5)
-    return any(lk["domain"] == {vm!r} for lk in reply["locks"])
-assert held(), "{vm} holds no lock before the kill"
-t0 = time.monotonic()
-os.kill({pid}, signal.SIGKILL)
-while held() and time.monotonic() - t0 < 10:
-    time.sleep(0.01)
-print(f"{{time.monotonic() - t0:.3f}}")
-EOF"""
-        out = self.shell(node, f"kill -9 qemu of {vm}", script, timeout_s=30)
+        lock of that domain any more, measured on the node itself (lab.suite.on_node)."""
+        out = self.shell(
+            node, f"kill -9 qemu of {vm}", on_node.command("kill-qemu", vm), KILL_QEMU_TIMEOUT_S
+        )
         return float(out.strip().splitlines()[-1])
 
     # -- what the lock daemons hold -------------------------------------------------------
 
     def locks(self, node: str) -> list[dict[str, Any]]:
-        out = self.nodes[node].check("virtdlm locks --json", timeout_s=20).stdout
+        out = self.nodes[node].check("virtdlm locks --json", QUERY_TIMEOUT_S).stdout
         return list(json.loads(out))
 
     def held(self, node: str) -> set[tuple[str, str, str]]:
@@ -299,7 +248,7 @@ EOF"""
             wait_for(
                 functools.partial(self.holds_nothing, name),
                 deadline_s,
-                0.1,
+                LOCKS_POLL_S,
                 f"virtdlmd on {name} to hold no lock",
             )
 
@@ -312,7 +261,7 @@ EOF"""
         """A libvirtd restart or a node reboot breaks the TCP connection: open a new one."""
         h = self.hv[node]
         try:
-            h.call("ping", h.conn.getLibVersion, timeout_s=10)
+            h.call("ping", h.conn.getLibVersion, timeout_s=PING_TIMEOUT_S)
         except LabError:
             h.reconnect()
 
@@ -338,7 +287,7 @@ def versions(node: Node) -> dict[str, str]:
     out = {}
     for key, cmd in queries.items():
         try:
-            out[key] = node.run(cmd, timeout_s=20).stdout.strip() or "?"
+            out[key] = node.run(cmd, QUERY_TIMEOUT_S).stdout.strip() or "?"
         except LabError as err:
             out[key] = f"? ({err})"
     return out

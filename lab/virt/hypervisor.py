@@ -22,7 +22,6 @@ from .refusal import Refusal, classify
 
 T = TypeVar("T")
 CALL_TIMEOUT_S = 90.0
-VIR_FROM_LOCKING = 42
 
 
 def _silence(_ctx: object, _err: object) -> None:

@@ -8,16 +8,21 @@ kill -9 and their adoption included: the model cannot drift from the real thing 
 from __future__ import annotations
 
 from lab.nodes.node import Node
+from lab.suite.on_node import NODE_TREE, node_python
+from lab.suite.steps import NODE_A
 
 CONTRACT_TIMEOUT_S = 600.0
 
 
 def test_backend_contract_suite_passes_on_libdlm_in_node_a(nodes: dict[str, Node]) -> None:
-    result = nodes["node-a"].run(
-        "cd /opt/virtdlm && PYTHONPATH=/opt/virtdlm/plugin:/opt/virtdlm "
-        "VIRTDLM_CONTRACT_BACKENDS=libdlm python3 -m pytest -q -p no:cacheprovider "
+    pytest_in_node = node_python(
+        "pytest",
+        "-q",
+        "-p",
+        "no:cacheprovider",
         "tests/unit/test_backend_contract.py",
-        timeout_s=CONTRACT_TIMEOUT_S,
+        env={"VIRTDLM_CONTRACT_BACKENDS": "libdlm"},
     )
+    result = nodes[NODE_A].run(f"cd {NODE_TREE} && {pytest_in_node}", timeout_s=CONTRACT_TIMEOUT_S)
     assert result.ok, result.describe()
     assert " passed" in result.stdout and "skipped" not in result.stdout, result.stdout[-800:]

@@ -1,4 +1,5 @@
-"""The matrix as data: tables 5-1 and 5-2 of the thesis, and 5-2 again on a block device.
+"""The two-node matrix as data: table 5-1 of the thesis (lab.suite.matrix, the rows both tiers
+run) on node-a, table 5-2 across the nodes, and 5-2 again on a block device.
 
 A case is a setup (steps that must succeed) and a probe (the step whose outcome is the row):
 on which node, what must come of it (``ok`` or the layer that refuses), the libvirt error code
@@ -9,12 +10,12 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from lab.suite.steps import NODE_A, NODE_B, Step
-from lab.virt.refusal import LOCK_MANAGER, QEMU_IMAGE_LOCK
+import libvirt
 
-VIR_ERR_RESOURCE_BUSY = 87  # the lock manager refused
-VIR_ERR_INTERNAL_ERROR = 1  # how QEMU's own image-lock failure reaches libvirt's caller
-THESIS_REFUSED = 'refused: "failed to acquire lock: the lock could not be granted"'
+from lab.suite import matrix
+from lab.suite.matrix import FIRST, IMAGES, PARTITIONS, THESIS_REFUSED, vm_label
+from lab.suite.steps import NODE_A, NODE_B, Step
+from lab.virt.refusal import LOCK_MANAGER, log_signs
 
 
 @dataclass(frozen=True)
@@ -33,52 +34,44 @@ class Case:
         text = f"{self.table[:3]}-{self.storage}-{self.case}"
         return text.replace(" -> ", "-to-").replace(" ", "-")
 
+    @property
+    def allow_log(self) -> tuple[str, ...]:
+        """What the probe's expected refusal leaves in the nodes' journals."""
+        return log_signs(self.probe.expect)
 
-START_1_A = Step(NODE_A, "start", "vm-1")
-MIGRATE_1_AB = Step(NODE_A, "migrate", "vm-1", to=NODE_B)
+
+START_1_A = Step(NODE_A, "start", FIRST)
+MIGRATE_1_AB = Step(NODE_A, "migrate", FIRST, to=NODE_B)
+IMAGE_FILES = {disk: image.file for disk, image in IMAGES.items()}
 
 
 def _refused_by_lock_manager(node: str, vm: str, holder: str) -> Step:
-    return Step(node, "start", vm, expect=LOCK_MANAGER, code=VIR_ERR_RESOURCE_BUSY, holder=holder)
+    return Step(
+        node, "start", vm, expect=LOCK_MANAGER, code=libvirt.VIR_ERR_RESOURCE_BUSY, holder=holder
+    )
 
 
-TABLE_5_1 = [
-    Case("5-1 one node (NFS)", "vm-1", "nfs", (), START_1_A, "starts"),
-    Case(
+def _case_5_1(row: matrix.Row) -> Case:
+    """A row of table 5-1 on node-a, images on the NFS share."""
+    return Case(
         "5-1 one node (NFS)",
-        "vm-2 rw one.qcow2",
+        vm_label(row.vm, IMAGE_FILES) if row.while_first_runs else row.vm,
         "nfs",
-        (START_1_A,),
-        Step(NODE_A, "start", "vm-2", expect=QEMU_IMAGE_LOCK, code=VIR_ERR_INTERNAL_ERROR),
-        THESIS_REFUSED,
-        "QEMU >= 2.10 opens the image with its own lock before libvirt asks the lock "
-        "manager, so on one host QEMU refuses first",
-    ),
-    Case(
-        "5-1 one node (NFS)",
-        "vm-3 ro one.qcow2",
-        "nfs",
-        (START_1_A,),
-        Step(NODE_A, "start", "vm-3", expect=QEMU_IMAGE_LOCK, code=VIR_ERR_INTERNAL_ERROR),
-        "starts",
-        "QEMU's image lock refuses a reader while another QEMU on the host writes",
-    ),
-    Case(
-        "5-1 one node (NFS)",
-        "vm-4 shareable share.raw",
-        "nfs",
-        (START_1_A,),
-        Step(NODE_A, "start", "vm-4"),
-        "starts",
-    ),
-]
+        (START_1_A,) if row.while_first_runs else (),
+        Step(NODE_A, "start", row.vm, expect=row.expect, code=row.code),
+        row.thesis,
+        row.why,
+    )
+
+
+TABLE_5_1 = [_case_5_1(row) for row in matrix.TABLE_5_1]
 
 
 def table_5_2(storage: str) -> list[Case]:
     """vm-1 started on node-a and live-migrated to node-b; then the probes on node-a."""
     on_block = storage == "block"
     table = "5-2 across nodes (shared block device)" if on_block else "5-2 across nodes (NFS)"
-    one, share = ("part1", "part2") if on_block else ("one.qcow2", "share.raw")
+    names = PARTITIONS if on_block else IMAGE_FILES
     # The thesis ran table 5-2 on NFS; its expectation holds for the same rows on a block
     # device, where only the lock manager can see the other node's writer.
     thesis = (lambda text: f"{text} (on NFS)") if on_block else (lambda text: text)
@@ -105,7 +98,7 @@ def table_5_2(storage: str) -> list[Case]:
         ),
         Case(
             table,
-            f"vm-2 rw {one}",
+            vm_label("vm-2", names),
             storage,
             (START_1_A, MIGRATE_1_AB),
             _refused_by_lock_manager(NODE_A, "vm-2", "vm-1@node-b"),
@@ -115,7 +108,7 @@ def table_5_2(storage: str) -> list[Case]:
         ),
         Case(
             table,
-            f"vm-3 ro {one}",
+            vm_label("vm-3", names),
             storage,
             (START_1_A, MIGRATE_1_AB),
             Step(NODE_A, "start", "vm-3"),
@@ -124,7 +117,7 @@ def table_5_2(storage: str) -> list[Case]:
         ),
         Case(
             table,
-            f"vm-4 shareable {share}",
+            vm_label("vm-4", names),
             storage,
             (START_1_A, MIGRATE_1_AB),
             Step(NODE_A, "start", "vm-4"),

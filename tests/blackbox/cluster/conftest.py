@@ -2,9 +2,11 @@
 
 The lab is brought up if it is not (tests/conftest.py); libvirt is driven over TCP from this host
 (lab.suite.steps), shell faults over SSH. After every step the invariant is checked across both
-nodes (lab.suite.steps.TwoNode.invariant); after every test all domains go and neither node's
-virtdlmd may hold a lock. The rows land in .lab/reports/cluster.{html,json}; JUnit XML comes
-from pytest's --junitxml (the Makefile passes .lab/reports/cluster-junit.xml).
+nodes (lab.suite.steps.TwoNode.invariant); after every test all domains go, neither node's
+virtdlmd may hold a lock, and the nodes' journals may show no error beyond what the test allows
+with @pytest.mark.allow_log (lab.suite.journal). The rows land in
+.lab/reports/cluster.{html,json}; JUnit XML comes from pytest's --junitxml (the Makefile passes
+.lab/reports/cluster-junit.xml).
 """
 
 from __future__ import annotations
@@ -22,7 +24,15 @@ from lab.cluster import NODES, Lab
 from lab.nodes.node import Node
 from lab.settings import LAB_DIR, lab_prefix
 from lab.suite import report
-from lab.suite.steps import RELEASE_DEADLINE_S, StepResult, TwoNode, versions
+from lab.suite.audit import AuditFailure
+from lab.suite.journal import JournalWatch, failure_message
+from lab.suite.steps import (
+    QUERY_TIMEOUT_S,
+    RELEASE_DEADLINE_S,
+    StepResult,
+    TwoNode,
+    versions,
+)
 
 REPORT_DIR = os.path.join(LAB_DIR, "reports")
 CASE_TIMEOUT_S = 420  # pytest-timeout for one case: each of its steps has its own deadline
@@ -74,10 +84,23 @@ def mount_point(lab: Lab) -> str:
     return str(lab.settings["mount_point"])
 
 
+@pytest.fixture
+def node_journals(request: pytest.FixtureRequest, tn: TwoNode) -> Iterator[JournalWatch]:
+    """Armed before the test, read after its cleanup: no bad line in the nodes' journals
+    beyond the test's allow_log markers. A node that is down at the end is not read."""
+    allow = [text for mark in request.node.iter_markers("allow_log") for text in mark.args]
+    up = {name: tn.nodes[name] for name in NODES if name not in tn.down}
+    watch = JournalWatch(up, allow).arm()
+    yield watch
+    bad = watch.bad_lines(skip=tn.down)
+    if bad:
+        raise AuditFailure(failure_message(bad))
+
+
 @pytest.fixture(autouse=True)
-def clean_cluster(tn: TwoNode) -> Iterator[None]:
+def clean_cluster(tn: TwoNode, node_journals: JournalWatch) -> Iterator[None]:
     """Before: nothing runs. After: every domain gone, no lock left on either node, both
-    lock daemons alive."""
+    lock daemons alive; then the journals are read (node_journals)."""
     tn.steps.clear()
     yield
     tn.on_step = None
@@ -85,7 +108,8 @@ def clean_cluster(tn: TwoNode) -> Iterator[None]:
     up = [n for n in NODES if n not in tn.down]
     tn.wait_no_locks(up, RELEASE_DEADLINE_S)
     for name in up:
-        status = json.loads(tn.nodes[name].check("virtdlm status --json", timeout_s=20).stdout)
+        out = tn.nodes[name].check("virtdlm status --json", QUERY_TIMEOUT_S).stdout
+        status = json.loads(out)
         assert status.get("backend") == "libdlm", f"virtdlmd on {name}: {status}"
 
 

@@ -17,6 +17,7 @@ import pytest
 
 from lab.cluster import NODES, Lab
 from lab.suite.audit import AuditFailure
+from lab.suite.on_node import NODE_TREE
 from lab.suite.steps import TwoNode
 from lab.virt.domain import DomainSpec
 
@@ -26,7 +27,7 @@ from .test_tables import assert_as_expected, probe, run_setup, vms_for
 
 pytestmark = pytest.mark.timeout(CASE_TIMEOUT_S)
 
-NODE_SH = "/opt/virtdlm/lab/provision/node.sh"
+NODE_SH = f"{NODE_TREE}/lab/provision/node.sh"
 
 
 def switch_lock_manager(tn: TwoNode, manager: str) -> None:

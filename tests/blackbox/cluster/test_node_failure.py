@@ -23,8 +23,9 @@ from lab.command import check as host_check
 from lab.nodes.health import node_checks, parse_lockspace, parse_quorum, smoke_migration
 from lab.nodes.node import Node
 from lab.settings import lab_prefix
-from lab.suite.steps import BLOCK, NODE_A, NODE_B, OK, StepResult, TwoNode, thesis_vms
-from lab.virt.refusal import LOCK_MANAGER
+from lab.suite.matrix import BLOCK, thesis_vms
+from lab.suite.steps import NODE_A, NODE_B, OK, StepResult, TwoNode
+from lab.virt.refusal import LOCK_MANAGER, log_signs
 from lab.wait import LabError, wait_for
 
 from .conftest import Record
@@ -73,6 +74,10 @@ def dlm_view(node: Node) -> tuple[int, list[int], int]:
     return members, members_ls, flags
 
 
+# The nodes' journals (lab.suite.journal): node-b's refusal before the power-off. The rest
+# must be clean: node-b's view of the loss (corosync, dlm_controld log it as notices: the lab
+# does not fence) and node-a's whole new boot, which is in this test's window.
+@pytest.mark.allow_log(*log_signs(LOCK_MANAGER))
 def test_node_a_powered_off_node_b_starts_vm1_after_dlm_recovery_and_the_cluster_heals(
     lab: Lab, tn: TwoNode, record: Record, node_a_comes_back: None
 ) -> None:

@@ -1,0 +1,123 @@
+"""What the two-node suite runs inside a node, as a program of its own.
+
+    python3 -m lab.suite.on_node kill-qemu VM
+        kill -9 the domain's QEMU, then print the seconds until this node's virtdlmd holds
+        none of its locks: one process sends the signal and polls virtdlmd, so no SSH round
+        trip or interpreter start is measured
+
+Provisioning copies this tree to NODE_TREE in each node (lab/cluster.py); there it runs with
+the node's own python3 and the tree's virtdlm, so it imports only the standard library,
+virtdlm and lab.wait. ``command`` builds its command line on the host. The result is the
+last line of stdout; a failure exits non-zero with one line on stderr saying what and why.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import shlex
+import signal
+import sys
+import time
+from collections.abc import Callable, Iterable, Mapping
+from typing import Any
+
+from virtdlm.cli import default_socket
+from virtdlm.client import locks
+from virtdlm.errors import VirtDlmError
+from virtdlm.procfs import process_start_time
+
+from ..wait import LabError, wait_for
+
+NODE_TREE = "/opt/virtdlm"  # where provisioning puts this tree inside each node
+NODE_PYTHONPATH = f"{NODE_TREE}/plugin:{NODE_TREE}"
+QEMU_RUN_DIR = "/run/libvirt/qemu"  # libvirtd's <domain>.pid files
+RELEASE_WATCH_S = 10.0  # how long the node watches for the release before it gives up
+POLL_INTERVAL_S = 0.01
+LOCKS_TIMEOUT_S = 5.0  # one `locks` request to virtdlmd
+
+
+class OnNodeError(LabError):
+    pass
+
+
+def node_python(module: str, *args: str, env: Mapping[str, str] | None = None) -> str:
+    """The shell command that runs `python3 -m module args` in a node, on this tree."""
+    assignments = [
+        f"{k}={shlex.quote(v)}" for k, v in {"PYTHONPATH": NODE_PYTHONPATH, **(env or {})}.items()
+    ]
+    return " ".join([*assignments, "python3", "-m", module, *map(shlex.quote, args)])
+
+
+def command(*args: str) -> str:
+    """The command line of this program in a node, e.g. command("kill-qemu", "vm-1")."""
+    return node_python(__name__, *args)
+
+
+def holds(held: Iterable[Mapping[str, Any]], vm: str) -> bool:
+    """Whether any of these lock records (virtdlmd's `locks`) belongs to the domain."""
+    return any(lock["domain"] == vm for lock in held)
+
+
+def qemu_pid(vm: str, run_dir: str = QEMU_RUN_DIR) -> int:
+    """The pid of the domain's QEMU, from libvirtd's pid file; it must be running."""
+    path = os.path.join(run_dir, f"{vm}.pid")
+    try:
+        with open(path, encoding="ascii") as f:
+            pid = int(f.read().strip())
+    except (OSError, ValueError) as err:
+        raise OnNodeError(f"no QEMU pid for {vm}: {path}: {err}") from err
+    if process_start_time(pid) is None:
+        raise OnNodeError(f"QEMU of {vm}: pid {pid} from {path} is not running")
+    return pid
+
+
+def seconds_until_released(
+    held: Callable[[], bool],
+    kill: Callable[[], None],
+    what: str,
+    watch_s: float = RELEASE_WATCH_S,
+    interval_s: float = POLL_INTERVAL_S,
+) -> float:
+    """Kill, then poll `held` until it is False; the seconds from the kill to that poll.
+
+    `what` names the locks in messages. They must be held before the kill: a release
+    that already happened cannot be timed.
+    """
+    if not held():
+        raise OnNodeError(f"{what}: none held before the kill")
+    started = time.monotonic()
+    kill()
+    wait_for(lambda: not held(), watch_s, interval_s, f"{what} to be released after the kill")
+    return time.monotonic() - started
+
+
+def kill_qemu(vm: str, socket_path: str, watch_s: float) -> float:
+    pid = qemu_pid(vm)
+    return seconds_until_released(
+        lambda: holds(locks(socket_path, LOCKS_TIMEOUT_S), vm),
+        lambda: os.kill(pid, signal.SIGKILL),
+        f"the locks of {vm} (QEMU pid {pid}) in virtdlmd at {socket_path}",
+        watch_s,
+    )
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog=f"python3 -m {__spec__.name if __spec__ else 'on_node'}")
+    sub = parser.add_subparsers(dest="command", required=True)
+    kill = sub.add_parser("kill-qemu", help="kill -9 a domain's QEMU; time its locks' release")
+    kill.add_argument("vm")
+    kill.add_argument("--socket", help="virtdlmd's socket (default: the one `virtdlm` uses)")
+    kill.add_argument("--watch-s", type=float, default=RELEASE_WATCH_S)
+    args = parser.parse_args(argv)
+    try:
+        seconds = kill_qemu(args.vm, args.socket or default_socket(), args.watch_s)
+    except (LabError, VirtDlmError, OSError) as err:
+        sys.stderr.write(f"{args.command} {args.vm}: {err}\n")
+        return 1
+    sys.stdout.write(f"{seconds:.3f}\n")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
