@@ -7,3 +7,5 @@ node.py          one node: a testinfra host over paramiko, every command with a 
 provisioning.py  this tree copied in, node.sh run phase by phase, the provisioned mark
 health.py        the health table: testinfra assertions on each node, a smoke migration
 """
+
+NODE_TREE = "/opt/virtdlm"  # where provisioning puts this tree inside each node

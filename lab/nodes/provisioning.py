@@ -15,6 +15,7 @@ from collections.abc import Iterable
 
 from ..command import check
 from ..settings import LAB_DIR, REPO, VAGRANT_SETTINGS
+from . import NODE_TREE
 from .node import Node
 
 PROVISION_TIMEOUT_S = 600.0
@@ -23,15 +24,15 @@ MARK_TIMEOUT_S = 30.0
 AUTHKEY_BYTES = 256
 SHOWN_LINES = 3  # of each node's provisioning output
 PROVISIONED_MARK = "/opt/virtdlm-provisioned"  # on each node: the digest it was built from
-NODE_SH = "/opt/virtdlm/lab/provision/node.sh"
+NODE_SH = f"{NODE_TREE}/lab/provision/node.sh"
 SECRETS_DIR = os.path.join(LAB_DIR, "secrets")
 TARBALL = os.path.join(LAB_DIR, "tree.tar.gz")
 SETTINGS_IN_TREE = ".lab/vagrant-settings.json"
 INSTALL_TREE = (
-    "rm -rf /opt/virtdlm.new && mkdir -p /opt/virtdlm.new /opt/virtdlm-secrets "
-    "&& tar -xzf /tmp/virtdlm-tree.tar.gz -C /opt/virtdlm.new "
-    "&& install -m 0400 /tmp/virtdlm-authkey /opt/virtdlm-secrets/authkey "
-    "&& rm -rf /opt/virtdlm && mv /opt/virtdlm.new /opt/virtdlm "
+    f"rm -rf {NODE_TREE}.new && mkdir -p {NODE_TREE}.new {NODE_TREE}-secrets "
+    f"&& tar -xzf /tmp/virtdlm-tree.tar.gz -C {NODE_TREE}.new "
+    f"&& install -m 0400 /tmp/virtdlm-authkey {NODE_TREE}-secrets/authkey "
+    f"&& rm -rf {NODE_TREE} && mv {NODE_TREE}.new {NODE_TREE} "
     "&& rm -f /tmp/virtdlm-tree.tar.gz /tmp/virtdlm-authkey"
 )
 

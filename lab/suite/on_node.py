@@ -5,10 +5,11 @@
         none of its locks: one process sends the signal and polls virtdlmd, so no SSH round
         trip or interpreter start is measured
 
-Provisioning copies this tree to NODE_TREE in each node (lab/cluster.py); there it runs with
-the node's own python3 and the tree's virtdlm, so it imports only the standard library,
-virtdlm and lab.wait. ``command`` builds its command line on the host. The result is the
-last line of stdout; a failure exits non-zero with one line on stderr saying what and why.
+Provisioning (lab/nodes/provisioning.py) copies this tree to NODE_TREE in each node; there
+it runs with the node's own python3 and the tree's virtdlm, so it imports only the standard
+library, virtdlm, lab.nodes (NODE_TREE) and lab.wait. ``command`` builds its command line
+on the host. The result is the last line of stdout; a failure exits non-zero with one line
+on stderr saying what and why.
 """
 
 from __future__ import annotations
@@ -27,9 +28,9 @@ from virtdlm.client import locks
 from virtdlm.errors import VirtDlmError
 from virtdlm.procfs import process_start_time
 
+from ..nodes import NODE_TREE
 from ..wait import LabError, wait_for
 
-NODE_TREE = "/opt/virtdlm"  # where provisioning puts this tree inside each node
 NODE_PYTHONPATH = f"{NODE_TREE}/plugin:{NODE_TREE}"
 QEMU_RUN_DIR = "/run/libvirt/qemu"  # libvirtd's <domain>.pid files
 RELEASE_WATCH_S = 10.0  # how long the node watches for the release before it gives up

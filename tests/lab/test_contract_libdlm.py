@@ -7,8 +7,9 @@ kill -9 and their adoption included: the model cannot drift from the real thing 
 
 from __future__ import annotations
 
+from lab.nodes import NODE_TREE
 from lab.nodes.node import Node
-from lab.suite.on_node import NODE_TREE, node_python
+from lab.suite.on_node import node_python
 from lab.suite.steps import NODE_A
 
 CONTRACT_TIMEOUT_S = 600.0

@@ -5,6 +5,7 @@ from __future__ import annotations
 import time
 import xml.etree.ElementTree as ET
 
+import libvirt
 import pytest
 
 from lab.command import CommandFailed, CommandNotStarted, CommandTimeout, check, run
@@ -36,7 +37,7 @@ DOWN = (
     [
         (QEMU_WRITE, 1, QEMU_IMAGE_LOCK, ""),
         (QEMU_SHARED, 1, QEMU_IMAGE_LOCK, ""),
-        (LOCKMGR, 87, LOCK_MANAGER, "vm-1@node-a"),
+        (LOCKMGR, libvirt.VIR_ERR_RESOURCE_BUSY, LOCK_MANAGER, "vm-1@node-a"),
         (DOWN, 9, LOCK_DAEMON_DOWN, ""),
         ("internal error: no such file", 1, OTHER, ""),
     ],
@@ -49,7 +50,7 @@ def test_classify(text: str, code: int, layer: str, holder: str) -> None:
 
 
 def test_lock_manager_refusal_without_code_gets_87() -> None:
-    assert classify(LOCKMGR).code == 87
+    assert classify(LOCKMGR).code == libvirt.VIR_ERR_RESOURCE_BUSY
 
 
 def test_double_writers_sees_two_rw_domains_on_one_disk() -> None:

@@ -5,6 +5,8 @@ from __future__ import annotations
 import json
 import xml.etree.ElementTree as ET
 
+import libvirt
+
 from lab.suite.report import Row, render_html, render_text, write_json
 from lab.virt.refusal import LOCK_MANAGER
 from tests.blackbox.cluster.cases import PROTECTION_ROWS, TABLE_5_1, TABLE_5_2
@@ -94,6 +96,8 @@ def test_the_thesis_rows_carry_the_thesis_and_protection_rows_expect_the_lock_ma
     assert all(c.thesis for c in TABLE_5_1 + TABLE_5_2)
     assert {c.storage for c in PROTECTION_ROWS} == {"nfs", "block"} and len(PROTECTION_ROWS) == 4
     for case in PROTECTION_ROWS:
-        assert case.probe.expect == LOCK_MANAGER and case.probe.code == 87
+        assert (
+            case.probe.expect == LOCK_MANAGER and case.probe.code == libvirt.VIR_ERR_RESOURCE_BUSY
+        )
         assert case.probe.node != case.setup[-1].to, "the probe runs on the other node"
     assert len({c.id for c in TABLE_5_1 + TABLE_5_2}) == len(TABLE_5_1) + len(TABLE_5_2)

@@ -16,8 +16,8 @@ from collections.abc import Iterator
 import pytest
 
 from lab.cluster import NODES, Lab
+from lab.nodes.provisioning import NODE_SH
 from lab.suite.audit import AuditFailure
-from lab.suite.on_node import NODE_TREE
 from lab.suite.steps import TwoNode
 from lab.virt.domain import DomainSpec
 
@@ -26,8 +26,6 @@ from .conftest import CASE_TIMEOUT_S, Record, lock_manager_of
 from .test_tables import assert_as_expected, probe, run_setup, vms_for
 
 pytestmark = pytest.mark.timeout(CASE_TIMEOUT_S)
-
-NODE_SH = f"{NODE_TREE}/lab/provision/node.sh"
 
 
 def switch_lock_manager(tn: TwoNode, manager: str) -> None:
