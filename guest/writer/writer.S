@@ -1,8 +1,11 @@
-/* The writer guest: a 512-byte boot sector that writes its disks through the BIOS.
+/* The writer guest: a small program that writes its disks through the BIOS.
  *
- * SeaBIOS loads it from the domain's read-only boot disk (drive 0x80). Sector 1 of that
- * disk is its configuration, written by the lab (lab/guest.py): a writer id, a slot and
- * one (BIOS drive, mode) pair per data disk. It then loops forever:
+ * SeaBIOS loads sector 0 of the domain's read-only boot disk (drive 0x80) at 0x7c00; that
+ * sector loads the rest of the program (sectors 1..LOAD_SECTORS) behind it and goes on.
+ * The configuration comes from QEMU's fw_cfg file "opt/org.virtdlm/writer" (libvirt:
+ * <sysinfo type='fwcfg'>), a string "MODES:SLOT:ID": one mode letter per data disk in
+ * BIOS order (0x81, 0x82, ...), the shareable slot as one character ('0' + slot), and the
+ * writer id (up to 16 bytes, the domain's name). Then it loops forever:
  *   x  exclusive disk: write its record to LBA 0, read it back; if what comes back is not
  *      its own record, another writer wrote in between: write a collision marker to
  *      LBA 1, say "COLLISION" on COM1 and stop;
@@ -14,22 +17,29 @@
  * Built with the GNU assembler and linker (make guest): .code16, linked at 0x7c00.
  */
     .code16
-    .set CFG,     0x7e00          /* sector 1 of the boot disk */
-    .set CFG_ID,  CFG + 8
-    .set CFG_SLOT, CFG + 24
-    .set CFG_N,   CFG + 25
-    .set CFG_DISKS, CFG + 26
-    .set REC,     0x8000          /* this writer's record */
-    .set RB,      0x8200          /* a sector read back */
-    .set MARK,    0x8400          /* the collision marker */
-    .set NONCE,   0x8800
-    .set COUNTER, 0x8804
-    .set BOOTDRV, 0x8808
-    .set FUNC,    0x8809
-    .set ROTRIED, 0x880a
-    .set DAP,     0x8810
+    .set LOAD_SECTORS, 3          /* sectors after the boot sector */
+    .set FWCFG_SEL,  0x510
+    .set FWCFG_DATA, 0x511
+    .set FWCFG_SIG,  0x0000
+    .set FWCFG_DIR,  0x0019
+    .set FWCFG_NAME_BYTES, 56
+    .set CFG,     0x9000          /* the configuration string, NUL-terminated */
+    .set CFG_MAX, 255
+    .set MODES,   0x9100          /* mode letters, one per data disk, NUL-terminated */
+    .set SLOT,    0x9140
+    .set REC,     0x9200          /* this writer's record */
+    .set RB,      0x9400          /* a sector read back */
+    .set MARK,    0x9600          /* the collision marker */
+    .set COUNTER, 0x9804
+    .set BOOTDRV, 0x9808
+    .set FUNC,    0x9809
+    .set ROTRIED, 0x980a
+    .set DRIVE,   0x980b
+    .set DAP,     0x9810
     .set REC_BYTES, 36
+    .set ID_BYTES, 16
     .set SHARED_BASE_LBA, 8
+    .set FIRST_DATA_DRIVE, 0x81
     .set COM1,    0x3f8
 
     .text
@@ -42,21 +52,50 @@ _start:
     mov %ax, %ss
     mov $0x7c00, %sp
     sti
-    ljmp $0, $start
-start:
+    ljmp $0, $stage1
+stage1:
     cld
     mov %dl, BOOTDRV
-    movb $0, ROTRIED
-    mov $1, %ax                   /* the configuration sector */
-    mov $CFG, %bx
-    call read_sector
-    jc bad_config
-    mov $CFG, %si
-    mov $cfg_magic, %di
-    mov $8, %cx
-    repe cmpsb
-    jne bad_config
+    movw $0x0010, DAP             /* load the rest of the program behind this sector */
+    movw $LOAD_SECTORS, DAP + 2
+    movw $0x7e00, DAP + 4
+    movw $0, DAP + 6
+    movl $1, DAP + 8
+    movl $0, DAP + 12
+    mov $DAP, %si
+    mov $0x42, %ah
+    int $0x13
+    jc load_failed
+    jmp stage2
+load_failed:
+    mov $no_load, %si
+    call puts
+    jmp halt
 
+/* puts: the NUL-terminated string at %si to COM1. Clobbers %al, %dx, %si. */
+puts:
+    mov $COM1, %dx
+1:  lodsb
+    test %al, %al
+    jz 2f
+    out %al, %dx
+    jmp 1b
+2:  ret
+
+halt:
+    cli
+    hlt
+    jmp halt
+
+no_load:    .asciz "WRITER: CANNOT LOAD\r\n"
+
+    .org 510
+    .byte 0x55, 0xaa
+
+/* ---- sector 1 onwards, loaded at 0x7e00 ---- */
+stage2:
+    call read_config
+    jc bad_config
     mov $REC, %di                 /* the constant part of the record */
     xor %ax, %ax
     mov $256, %cx
@@ -65,12 +104,13 @@ start:
     mov $rec_magic, %si
     mov $8, %cx
     rep movsb
-    mov $CFG_ID, %si
-    mov $16, %cx
+    mov $ID, %si
+    mov $ID_BYTES, %cx
     rep movsb
     rdtsc
     mov %eax, REC + 24
     movl $0, COUNTER
+    movb $0, ROTRIED
     mov $hello, %si
     call puts
 
@@ -86,13 +126,13 @@ main_loop:
     loop 1b
     mov %eax, REC + 32
 
-    movzbw CFG_N, %cx
-    mov $CFG_DISKS, %bp
+    mov $MODES, %bp
+    movb $FIRST_DATA_DRIVE, DRIVE
 disk_loop:
-    jcxz main_loop
-    push %cx
-    mov (%bp), %dl
-    mov 1(%bp), %al
+    mov (%bp), %al
+    test %al, %al
+    jz main_loop
+    mov DRIVE, %dl
     cmp $'x', %al
     je exclusive
     cmp $'s', %al
@@ -100,9 +140,8 @@ disk_loop:
     cmp $'r', %al
     je readonly
 next_disk:
-    pop %cx
-    add $2, %bp
-    dec %cx
+    inc %bp
+    incb DRIVE
     jmp disk_loop
 
 exclusive:
@@ -136,13 +175,10 @@ exclusive:
     call write_sector
     mov $collision, %si
     call puts
-halt:
-    cli
-    hlt
     jmp halt
 
 shareable:
-    movzbw CFG_SLOT, %ax
+    movzbw SLOT, %ax
     add $SHARED_BASE_LBA, %ax
     mov $REC, %bx
     call write_sector
@@ -193,23 +229,100 @@ rw_sector:
     pop %si
     ret
 
-/* puts: the NUL-terminated string at %si to COM1. Clobbers %al, %dx, %si. */
-puts:
-    mov $COM1, %dx
-1:  lodsb
-    test %al, %al
-    jz 2f
-    out %al, %dx
-    jmp 1b
-2:  ret
+/* fw_cfg_select: select item %ax (fw_cfg's selector port is little-endian). */
+fw_cfg_select:
+    mov $FWCFG_SEL, %dx
+    out %ax, %dx
+    ret
 
-cfg_magic:  .ascii "VDLMCFG1"
+/* fw_cfg_read: %cx bytes of the selected item to %es:%di. */
+fw_cfg_read:
+    mov $FWCFG_DATA, %dx
+    rep insb
+    ret
+
+/* fw_cfg_skip: drop %cx bytes of the selected item. */
+fw_cfg_skip:
+    mov $FWCFG_DATA, %dx
+1:  in %dx, %al
+    loop 1b
+    ret
+
+/* read_config: find our fw_cfg file, parse "MODES:SLOT:ID". Carry set when absent. */
+read_config:
+    mov $FWCFG_DIR, %ax
+    call fw_cfg_select
+    mov $RB, %di                  /* the count: u32, big-endian */
+    mov $4, %cx
+    call fw_cfg_read
+    mov RB + 2, %bx
+    xchg %bl, %bh                 /* fewer than 65536 files */
+dir_entry:
+    test %bx, %bx
+    jz no_file
+    dec %bx
+    mov $RB, %di                  /* size u32 BE, select u16 BE, reserved u16, name[56] */
+    mov $8 + FWCFG_NAME_BYTES, %cx
+    call fw_cfg_read
+    mov $RB + 8, %si
+    mov $cfg_name, %di
+    mov $cfg_name_end - cfg_name, %cx
+    repe cmpsb
+    jne dir_entry
+    mov RB + 2, %cx               /* size (< 64 KiB) */
+    xchg %cl, %ch
+    cmp $CFG_MAX, %cx
+    ja no_file
+    mov RB + 4, %ax               /* selector */
+    xchg %al, %ah
+    push %cx
+    call fw_cfg_select
+    pop %cx
+    mov $CFG, %di
+    mov %cx, %bx
+    call fw_cfg_read
+    movb $0, CFG(%bx)
+    mov $CFG, %si                 /* modes, up to ':' */
+    mov $MODES, %di
+2:  lodsb
+    test %al, %al
+    jz no_file
+    cmp $':', %al
+    je 3f
+    stosb
+    jmp 2b
+3:  movb $0, (%di)
+    lodsb                         /* the slot */
+    sub $'0', %al
+    mov %al, SLOT
+    lodsb
+    cmp $':', %al
+    jne no_file
+    mov $ID, %di                  /* the id: the rest, NUL-padded to 16 bytes */
+    mov $ID_BYTES, %cx
+4:  lodsb
+    test %al, %al
+    jz 5f
+    stosb
+    loop 4b
+    clc
+    ret
+5:  xor %al, %al
+    rep stosb
+    clc
+    ret
+no_file:
+    stc
+    ret
+
+cfg_name:   .asciz "opt/org.virtdlm/writer"
+cfg_name_end:
 rec_magic:  .ascii "VDLMREC1"
 coll_magic: .ascii "VDLMCOLL"
 hello:      .asciz "WRITER\r\n"
 collision:  .asciz "COLLISION\r\n"
 ro_written: .asciz "RO-WRITE-OK\r\n"
-no_config:  .asciz "NO-CONFIG\r\n"
+no_config:  .asciz "WRITER: NO CONFIGURATION\r\n"
+ID:         .fill ID_BYTES, 1, 0
 
-    .org 510
-    .byte 0x55, 0xaa
+    .org 512 * (1 + LOAD_SECTORS)

@@ -1,15 +1,18 @@
-"""The writer guest's two sides on the host: its boot disk, and reading what it wrote.
+"""The writer guest's two sides on the host: its boot disk and configuration, and reading
+what it wrote.
 
 The guest program (guest/writer/writer.S, built by `make guest` into build/writer.bin) is
-a boot sector; the boot disk is that sector followed by one configuration sector that
-names the writer and says, per data disk in BIOS order (0x81, 0x82, ...), whether it is
-exclusive ("x"), shareable ("s") or read-only ("r"). Disk layout the guest writes:
+loaded by SeaBIOS from a read-only boot disk that every writer domain shares. Each domain
+tells it who it is and what its disks are through QEMU's fw_cfg (libvirt's
+``<sysinfo type='fwcfg'>``): the string "MODES:SLOT:ID", one mode letter per data disk in
+BIOS order (the domain's data disks in target order after the boot disk): "x" exclusive,
+"s" shareable, "r" read-only. What the guest leaves on a data disk:
 
     LBA 0          an exclusive disk's record (the last writer's)
     LBA 1          a collision marker, if a writer read back another's record
     LBA 8 + slot   a shareable disk's record of the writer with that slot
 
-Everything here is pure (bytes in, records out) so it is tested on captured sectors.
+Everything here is pure (values in, bytes or records out), so it is tested on built sectors.
 """
 
 from __future__ import annotations
@@ -18,13 +21,15 @@ import os
 import struct
 from collections.abc import Sequence
 from dataclasses import dataclass
+from xml.sax.saxutils import escape
 
 from ..settings import REPO
 from ..wait import LabError
 
 SECTOR_BYTES = 512
 WRITER_BIN = os.path.join(REPO, "build", "writer.bin")
-CONFIG_MAGIC = b"VDLMCFG1"
+FWCFG_NAME = "opt/org.virtdlm/writer"
+BOOT_IMAGE_BYTES = 1 << 20
 RECORD_MAGIC = b"VDLMREC1"
 COLLISION_MAGIC = b"VDLMCOLL"
 ID_BYTES = 16
@@ -32,10 +37,9 @@ RECORD_BYTES = 36
 RECORD_LBA = 0
 COLLISION_LBA = 1
 SHARED_BASE_LBA = 8
-MAX_SLOT = 255
-FIRST_DATA_DRIVE = 0x81
+MAX_SLOT = 9  # one character, "0".."9"
 MODES = {"rw": "x", "shareable": "s", "ro": "r"}
-MAX_DISKS = (SECTOR_BYTES - 26) // 2
+MAX_DISKS = 16  # virtio-blk disks SeaBIOS maps to BIOS drives, with room to spare
 
 
 class WriterError(LabError):
@@ -58,35 +62,41 @@ class Collision:
     seen: Record | None  # what it read back instead of its own record
 
 
-def config_sector(writer: str, modes: Sequence[str], slot: int = 0) -> bytes:
-    """The configuration sector: writer id, shareable slot, one mode per data disk."""
+def fwcfg_config(writer: str, modes: Sequence[str], slot: int = 0) -> str:
+    """The writer's configuration string: mode letters, slot, id ("xs:0:vm-1")."""
     raw_id = writer.encode()
-    if not raw_id or len(raw_id) > ID_BYTES:
-        raise WriterError(f"writer id {writer!r} must be 1..{ID_BYTES} bytes")
+    if not raw_id or len(raw_id) > ID_BYTES or not writer.isprintable() or ":" in writer:
+        raise WriterError(f"writer id {writer!r} must be 1..{ID_BYTES} printable bytes, no ':'")
     if not 0 <= slot <= MAX_SLOT:
         raise WriterError(f"writer slot {slot} is not in 0..{MAX_SLOT}")
     if len(modes) > MAX_DISKS:
         raise WriterError(f"{len(modes)} data disks: the writer handles at most {MAX_DISKS}")
-    entries = b""
-    for index, mode in enumerate(modes):
+    letters = ""
+    for mode in modes:
         if mode not in MODES:
             raise WriterError(f"disk mode {mode!r} is not one of {', '.join(MODES)}")
-        entries += bytes([FIRST_DATA_DRIVE + index, ord(MODES[mode])])
-    body = CONFIG_MAGIC + raw_id.ljust(ID_BYTES, b"\0") + bytes([slot, len(modes)]) + entries
-    return body.ljust(SECTOR_BYTES, b"\0")
+        letters += MODES[mode]
+    return f"{letters}:{chr(ord('0') + slot)}:{writer}"
 
 
-def boot_image(writer: str, modes: Sequence[str], slot: int = 0, program: bytes = b"") -> bytes:
-    """The boot disk's bytes: the writer program, then its configuration sector."""
+def sysinfo_xml(writer: str, modes: Sequence[str], slot: int = 0) -> str:
+    """The domain XML element that hands the writer its configuration."""
+    value = escape(fwcfg_config(writer, modes, slot))
+    return f"<sysinfo type='fwcfg'><entry name='{FWCFG_NAME}'>{value}</entry></sysinfo>"
+
+
+def boot_image(program: bytes = b"") -> bytes:
+    """The shared boot disk's bytes: the writer program, padded to BOOT_IMAGE_BYTES (SeaBIOS
+    does not boot from a disk of a few sectors)."""
     if not program:
         try:
             with open(WRITER_BIN, "rb") as f:
                 program = f.read()
         except OSError as err:
             raise WriterError(f"{WRITER_BIN}: {err.strerror}: run `make guest` first") from err
-    if len(program) != SECTOR_BYTES or program[-2:] != b"\x55\xaa":
-        raise WriterError("the writer program is not a 512-byte boot sector")
-    return program + config_sector(writer, modes, slot)
+    if len(program) % SECTOR_BYTES or program[SECTOR_BYTES - 2 : SECTOR_BYTES] != b"\x55\xaa":
+        raise WriterError("the writer program does not start with a boot sector")
+    return program.ljust(BOOT_IMAGE_BYTES, b"\0")
 
 
 def _checksum(head: bytes) -> int:

@@ -7,14 +7,16 @@ import struct
 import pytest
 
 from lab.guest.writer import (
+    BOOT_IMAGE_BYTES,
     COLLISION_MAGIC,
     RECORD_MAGIC,
     SECTOR_BYTES,
     WriterError,
     boot_image,
-    config_sector,
+    fwcfg_config,
     parse_collision,
     parse_record,
+    sysinfo_xml,
 )
 
 PROGRAM = bytes(510) + b"\x55\xaa"
@@ -28,39 +30,37 @@ def record(writer: str, nonce: int, counter: int, good: bool = True) -> bytes:
     return (head + struct.pack("<I", check if good else check ^ 1)).ljust(SECTOR_BYTES, b"\0")
 
 
-def test_config_sector_lists_drives_in_bios_order() -> None:
-    sector = config_sector("vm-1", ["rw", "shareable", "ro"], slot=3)
-    assert len(sector) == SECTOR_BYTES
-    assert sector[:8] == b"VDLMCFG1"
-    assert sector[8:24] == b"vm-1".ljust(16, b"\0")
-    assert sector[24:26] == bytes([3, 3])
-    assert sector[26:32] == bytes([0x81, ord("x"), 0x82, ord("s"), 0x83, ord("r")])
+def test_configuration_string_and_sysinfo() -> None:
+    assert fwcfg_config("vm-1", ["rw", "shareable", "ro"], slot=3) == "xsr:3:vm-1"
+    assert sysinfo_xml("vm-1", ["rw"]) == (
+        "<sysinfo type='fwcfg'><entry name='opt/org.virtdlm/writer'>x:0:vm-1</entry></sysinfo>"
+    )
 
 
 @pytest.mark.parametrize(
     ("writer", "modes", "slot", "message"),
     [
-        ("", ["rw"], 0, "1..16 bytes"),
-        ("a-name-of-17-byte", ["rw"], 0, "1..16 bytes"),
-        ("vm-1", ["rw"], 256, "slot 256"),
+        ("", ["rw"], 0, "1..16"),
+        ("a-name-of-17-byte", ["rw"], 0, "1..16"),
+        ("vm:1", ["rw"], 0, "no ':'"),
+        ("vm-1", ["rw"], 10, "slot 10"),
         ("vm-1", ["exclusive"], 0, "disk mode 'exclusive'"),
-        ("vm-1", ["rw"] * 300, 0, "at most"),
+        ("vm-1", ["rw"] * 17, 0, "at most"),
     ],
-    ids=["empty-id", "long-id", "slot", "mode", "too-many-disks"],
+    ids=["empty-id", "long-id", "colon", "slot", "mode", "too-many-disks"],
 )
 def test_bad_configuration_is_refused(
     writer: str, modes: list[str], slot: int, message: str
 ) -> None:
     with pytest.raises(WriterError, match=message):
-        config_sector(writer, modes, slot)
+        fwcfg_config(writer, modes, slot)
 
 
-def test_boot_image_is_program_then_config() -> None:
-    image = boot_image("vm-2", ["rw"], program=PROGRAM)
-    assert image[:SECTOR_BYTES] == PROGRAM
-    assert image[SECTOR_BYTES:][:8] == b"VDLMCFG1"
+def test_boot_image_is_the_program_padded() -> None:
+    image = boot_image(program=PROGRAM)
+    assert image[:SECTOR_BYTES] == PROGRAM and len(image) == BOOT_IMAGE_BYTES
     with pytest.raises(WriterError, match="boot sector"):
-        boot_image("vm-2", ["rw"], program=bytes(512))
+        boot_image(program=bytes(512))
 
 
 def test_records_parse_and_checksums_catch_torn_sectors() -> None:
