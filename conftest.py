@@ -17,6 +17,13 @@ def pytest_addoption(parser: pytest.Parser) -> None:
         default=os.path.join(ROOT, "build", "dlm.so"),
         help="path of the built lock driver dlm.so",
     )
+    parser.addoption(
+        "--no-writers",
+        dest="writers",
+        action="store_false",
+        default=True,
+        help="thesis VMs run firmware only instead of the writer guest (for the benchmark)",
+    )
 
 
 @pytest.fixture(scope="session")

@@ -14,6 +14,7 @@ from typing import Any
 
 import yaml
 
+from .nodes import WRITER_BOOT_IMAGE
 from .wait import LabError
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -87,6 +88,7 @@ def vagrant_settings(settings: dict[str, Any], box_dir: str, domain_type: str) -
         "cluster_network": f"{prefix}cluster",
         "log_dir": os.path.join(LAB_DIR, "logs"),
         "boot_timeout_s": BOOT_TIMEOUT_S,
+        "writer_boot_image": WRITER_BOOT_IMAGE,
     }
 
 

@@ -19,14 +19,16 @@ from __future__ import annotations
 
 import os
 import struct
+import sys
 from collections.abc import Sequence
 from dataclasses import dataclass
 from xml.sax.saxutils import escape
 
-from ..settings import REPO
 from ..wait import LabError
 
 SECTOR_BYTES = 512
+# The tree's root, found from here: this module also runs inside the nodes (no lab.settings).
+REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 WRITER_BIN = os.path.join(REPO, "build", "writer.bin")
 FWCFG_NAME = "opt/org.virtdlm/writer"
 BOOT_IMAGE_BYTES = 1 << 20
@@ -126,3 +128,23 @@ def parse_collision(sector: bytes) -> Collision | None:
 
 def shared_slot_lba(slot: int) -> int:
     return SHARED_BASE_LBA + slot
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """python3 -m lab.guest.writer boot-image OUT: the shared boot disk from build/writer.bin."""
+    args = list(sys.argv[1:] if argv is None else argv)
+    if len(args) != 2 or args[0] != "boot-image":
+        sys.stderr.write("usage: python3 -m lab.guest.writer boot-image OUT\n")
+        return 2
+    try:
+        image = boot_image()
+    except WriterError as err:
+        sys.stderr.write(f"{err}\n")
+        return 1
+    with open(args[1], "wb") as f:
+        f.write(image)
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -9,3 +9,5 @@ health.py        the health table: testinfra assertions on each node, a smoke mi
 """
 
 NODE_TREE = "/opt/virtdlm"  # where provisioning puts this tree inside each node
+# The writer guest's shared boot disk in each node (lab/provision/node.sh puts it there).
+WRITER_BOOT_IMAGE = "/var/lib/libvirt/images/virtdlm-writer-boot.img"

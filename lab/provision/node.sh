@@ -199,7 +199,8 @@ phase_lock_manager() {
 
 phase_plugin() {
   local libdir=/usr/lib/x86_64-linux-gnu/libvirt/lock-driver
-  make -s -C "$src" plugin >/dev/null
+  make -s -C "$src" plugin guest >/dev/null
+  put "$(s writer_boot_image)" 0644 < "$src/build/writer-boot.img"
   install -m 0755 "$src/build/dlm.so" "$libdir/dlm.so.new"
   if cmp -s "$libdir/dlm.so.new" "$libdir/dlm.so"; then
     rm -f "$libdir/dlm.so.new"

@@ -76,6 +76,12 @@ def nfs_storage(mount_point: str) -> Storage:
 
 BLOCK = Storage("block", f"{SHARED_DISK}-", PARTITIONS)
 
+
+def thesis_disks(mount_point: str) -> list[str]:
+    """Every thesis disk the two-node lab has: the images on the share, the partitions."""
+    return sorted({s.path(d) for s in (nfs_storage(mount_point), BLOCK) for d in IMAGES})
+
+
 # -- the VMs ---------------------------------------------------------------------------------
 
 RW, RO, SHAREABLE = "rw", "ro", "shareable"
@@ -88,8 +94,12 @@ THESIS_VMS: dict[str, tuple[tuple[str, str], ...]] = {  # vm -> ((disk, how), ..
 }
 
 
-def thesis_vms(storage: Storage, domain_type: str = "qemu") -> dict[str, DomainSpec]:
-    """vm-1..vm-4 of the thesis's tables 5-1 and 5-2 on this storage."""
+def thesis_vms(
+    storage: Storage, domain_type: str = "qemu", writer_boot: str = ""
+) -> dict[str, DomainSpec]:
+    """vm-1..vm-4 of the thesis's tables 5-1 and 5-2 on this storage; with writer_boot, as
+    writer guests (lab.guest.writer) that really write their disks, each with its own slot
+    on the shareable disk."""
     return {
         name: DomainSpec(
             name,
@@ -100,8 +110,10 @@ def thesis_vms(storage: Storage, domain_type: str = "qemu") -> dict[str, DomainS
             domain_type=domain_type,
             # One uuid per name and storage, the same on both nodes: the same VM wherever it runs.
             uuid=str(uuid.uuid5(uuid.NAMESPACE_URL, f"virtdlm-lab:{storage.name}/{name}")),
+            writer_boot=writer_boot,
+            writer_slot=slot,
         )
-        for name, disks in THESIS_VMS.items()
+        for slot, (name, disks) in enumerate(THESIS_VMS.items())
     }
 
 

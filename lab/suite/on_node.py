@@ -4,10 +4,14 @@
         kill -9 the domain's QEMU, then print the seconds until this node's virtdlmd holds
         none of its locks: one process sends the signal and polls virtdlmd, so no SSH round
         trip or interpreter start is measured
+    python3 -m lab.suite.on_node read-disks PATH...
+        one JSON line: the writer guests' record and collision marker on each disk
+    python3 -m lab.suite.on_node wipe-disks PATH...
+        zero what writer guests left on these disks (no domain may have them open)
 
 Provisioning (lab/nodes/provisioning.py) copies this tree to NODE_TREE in each node; there
 it runs with the node's own python3 and the tree's virtdlm, so it imports only the standard
-library, virtdlm, lab.nodes (NODE_TREE) and lab.wait. ``command`` builds its command line
+library, virtdlm, lab.guest, lab.nodes (NODE_TREE) and lab.wait. ``command`` builds its command line
 on the host. The result is the last line of stdout; a failure exits non-zero with one line
 on stderr saying what and why.
 """
@@ -15,6 +19,7 @@ on stderr saying what and why.
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import shlex
 import signal
@@ -28,6 +33,7 @@ from virtdlm.client import locks
 from virtdlm.errors import VirtDlmError
 from virtdlm.procfs import process_start_time
 
+from ..guest import disks
 from ..nodes import NODE_TREE
 from ..wait import LabError, wait_for
 
@@ -103,6 +109,17 @@ def kill_qemu(vm: str, socket_path: str, watch_s: float) -> float:
     )
 
 
+def read_disks(paths: Iterable[str]) -> str:
+    """One JSON line: what the writer guests left on each disk (lab.guest.disks)."""
+    return json.dumps([disks.evidence(path).to_json() for path in paths])
+
+
+def wipe_disks(paths: Iterable[str]) -> str:
+    for path in paths:
+        disks.wipe(path)
+    return "wiped"
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog=f"python3 -m {__spec__.name if __spec__ else 'on_node'}")
     sub = parser.add_subparsers(dest="command", required=True)
@@ -110,13 +127,23 @@ def main(argv: list[str] | None = None) -> int:
     kill.add_argument("vm")
     kill.add_argument("--socket", help="virtdlmd's socket (default: the one `virtdlm` uses)")
     kill.add_argument("--watch-s", type=float, default=RELEASE_WATCH_S)
+    read = sub.add_parser("read-disks", help="what writer guests left on these disks (JSON)")
+    read.add_argument("paths", nargs="+")
+    wipe = sub.add_parser("wipe-disks", help="zero what writer guests left (nobody may run)")
+    wipe.add_argument("paths", nargs="+")
     args = parser.parse_args(argv)
     try:
-        seconds = kill_qemu(args.vm, args.socket or default_socket(), args.watch_s)
+        if args.command == "kill-qemu":
+            out = f"{kill_qemu(args.vm, args.socket or default_socket(), args.watch_s):.3f}"
+        elif args.command == "read-disks":
+            out = read_disks(args.paths)
+        else:
+            out = wipe_disks(args.paths)
     except (LabError, VirtDlmError, OSError) as err:
-        sys.stderr.write(f"{args.command} {args.vm}: {err}\n")
+        what = args.vm if args.command == "kill-qemu" else " ".join(args.paths)
+        sys.stderr.write(f"{args.command} {what}: {err}\n")
         return 1
-    sys.stdout.write(f"{seconds:.3f}\n")
+    sys.stdout.write(out + "\n")
     return 0
 
 

@@ -41,6 +41,7 @@ class Row:
     note: str = ""
     test: str = ""  # pytest node id
     verdict: str = ""  # pytest outcome: passed | failed | xfailed | xpassed | skipped
+    data: str = ""  # what the writer guests left on the exclusive disks (lab.suite.data)
 
 
 def write_json(path: str, rows: Iterable[Row], meta: dict[str, Any]) -> None:
@@ -69,6 +70,7 @@ COLUMNS = (
     "code",
     "seconds",
     "verdict",
+    "data on the disks",
     "note",
 )
 
@@ -88,6 +90,7 @@ def _row_html(r: Row) -> str:
     tds = "".join(f"<td>{html.escape(str(c))}</td>" for c in cells)
     return (
         f"<tr class='{css}'>{tds}<td class='v'>{html.escape(word)}</td>"
+        f"<td class='note'>{html.escape(r.data)}</td>"
         f"<td class='note'>{html.escape(r.note)}</td></tr>"
     )
 

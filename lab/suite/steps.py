@@ -3,7 +3,8 @@
 Every step runs with a deadline (libvirt calls through lab.virt.hypervisor, shell commands
 through lab.nodes.node), is recorded with its outcome (``ok`` or the layer that refused), libvirt
 error code and time, and is followed by the invariant across both nodes: no exclusive disk
-open read/write by two running domains. Shell-level faults (kill -9, restarts, power-off)
+open read/write by two running domains, by libvirt's view and by what the writer guests
+left on the disks (lab.suite.data). Shell-level faults (kill -9, restarts, power-off)
 are steps too, so a scenario reads as the list of what was done where.
 """
 
@@ -20,12 +21,13 @@ from typing import Any
 import libvirt
 
 from ..cluster import NODES
+from ..guest.disks import Evidence, evidence_from_json
 from ..nodes.node import Node
 from ..virt.domain import DomainSpec, domain_xml
 from ..virt.hypervisor import Hypervisor, LibvirtFailure
 from ..virt.refusal import OK, Refusal
 from ..wait import LabError, wait_for
-from . import on_node
+from . import data, on_node
 from .audit import AuditFailure, double_writers
 
 NODE_A, NODE_B = NODES
@@ -55,6 +57,7 @@ class StepResult:
     seconds: float
     message: str = ""
     refusal: Refusal | None = None
+    data: str = ""  # what the writer guests left on the exclusive disks after this step
 
     @property
     def holder(self) -> str:
@@ -92,6 +95,8 @@ class TwoNode:
     steps: list[StepResult] = field(default_factory=list)
     on_step: Callable[[StepResult], None] | None = None
     down: set[str] = field(default_factory=set)  # nodes powered off: skipped by the audits
+    writer_boot: str = ""  # thesis VMs boot the writer guest from this image ("" = none)
+    data_seen: list[str] = field(default_factory=list)  # the data audit's summary per step
 
     @classmethod
     def connect(cls, nodes: dict[str, Node]) -> TwoNode:
@@ -123,13 +128,20 @@ class TwoNode:
                 err.refusal,
             )
         self.steps.append(result)
-        if self.on_step is not None:
-            self.on_step(result)
-        self.invariant(after=result.describe())
+        try:
+            result.data = self.invariant(after=result.describe())
+        except data.DataAuditFailure as err:
+            result.data = err.summary
+            raise
+        finally:
+            if self.on_step is not None:
+                self.on_step(result)
         return result
 
-    def invariant(self, after: str = "") -> None:
-        """No exclusive disk is open read/write by two running domains, across both nodes."""
+    def invariant(self, after: str = "") -> str:
+        """No exclusive disk is open read/write by two running domains, across both nodes,
+        by libvirt's view and by the data the writer guests left on the disks
+        (lab.suite.data). Returns what the data audit saw, for the report."""
         running: dict[str, str] = {}
         for name, h in self.hv.items():
             if name in self.down:  # a node powered off runs nothing
@@ -140,8 +152,22 @@ class TwoNode:
             ):
                 running[f"{name}/{dom.name()}"] = h.call("xml", dom.XMLDesc, 0)
         doubles = double_writers(running)
+        seen = data.audit(self.read_disks, running, doubles, after)
+        self.data_seen.append(seen)
         if doubles:
             raise AuditFailure(f"two running domains write one disk after {after}: {doubles}")
+        return seen
+
+    def read_disks(self, paths: list[str]) -> list[Evidence]:
+        """What the writer guests left on these disks, read on a node that is up."""
+        node = next(n for n in NODES if n not in self.down)
+        out = self.nodes[node].check(on_node.command("read-disks", *paths), QUERY_TIMEOUT_S)
+        return [evidence_from_json(e) for e in json.loads(out.stdout.strip().splitlines()[-1])]
+
+    def wipe_disks(self, paths: Iterable[str]) -> None:
+        """Zero what writers left on these disks; no domain may have them open."""
+        node = next(n for n in NODES if n not in self.down)
+        self.nodes[node].check(on_node.command("wipe-disks", *paths), QUERY_TIMEOUT_S)
 
     # -- libvirt steps --------------------------------------------------------------------
 

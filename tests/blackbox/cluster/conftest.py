@@ -21,11 +21,13 @@ from typing import Any
 import pytest
 
 from lab.cluster import NODES, Lab
+from lab.nodes import WRITER_BOOT_IMAGE
 from lab.nodes.node import Node
 from lab.settings import LAB_DIR, lab_prefix
 from lab.suite import report
 from lab.suite.audit import AuditFailure
 from lab.suite.journal import JournalWatch, failure_message
+from lab.suite.matrix import thesis_disks
 from lab.suite.steps import (
     QUERY_TIMEOUT_S,
     RELEASE_DEADLINE_S,
@@ -62,7 +64,7 @@ def lock_manager_of(node: Node) -> str:
 
 
 @pytest.fixture(scope="session")
-def tn(lab: Lab, nodes: dict[str, Node]) -> Iterator[TwoNode]:
+def tn(request: pytest.FixtureRequest, lab: Lab, nodes: dict[str, Node]) -> Iterator[TwoNode]:
     managers = {n: lock_manager_of(node) for n, node in nodes.items()}
     if set(managers.values()) != {"dlm"}:
         pytest.fail(
@@ -73,6 +75,8 @@ def tn(lab: Lab, nodes: dict[str, Node]) -> Iterator[TwoNode]:
     META["versions"] = {n: versions(node) for n, node in nodes.items()}
     META["settings"] = {**lab.settings, "prefix": lab_prefix()}
     two = TwoNode.connect(nodes)
+    two.writer_boot = WRITER_BOOT_IMAGE if request.config.getoption("writers") else ""
+    META["writer guests"] = two.writer_boot or "off (--no-writers): firmware-only domains"
     two.remove_everything()  # what an interrupted earlier run may have left
     two.wait_no_locks(NODES, RELEASE_DEADLINE_S)
     yield two
@@ -98,15 +102,18 @@ def node_journals(request: pytest.FixtureRequest, tn: TwoNode) -> Iterator[Journ
 
 
 @pytest.fixture(autouse=True)
-def clean_cluster(tn: TwoNode, node_journals: JournalWatch) -> Iterator[None]:
+def clean_cluster(tn: TwoNode, lab: Lab, node_journals: JournalWatch) -> Iterator[None]:
     """Before: nothing runs. After: every domain gone, no lock left on either node, both
-    lock daemons alive; then the journals are read (node_journals)."""
+    lock daemons alive, the writers' sectors wiped from the thesis disks; then the journals
+    are read (node_journals)."""
     tn.steps.clear()
     yield
     tn.on_step = None
     tn.remove_everything()
     up = [n for n in NODES if n not in tn.down]
     tn.wait_no_locks(up, RELEASE_DEADLINE_S)
+    if tn.writer_boot and up:
+        tn.wipe_disks(thesis_disks(str(lab.settings["mount_point"])))
     for name in up:
         out = tn.nodes[name].check("virtdlm status --json", QUERY_TIMEOUT_S).stdout
         status = json.loads(out)
@@ -139,6 +146,7 @@ def record(
             code="" if result.code is None else str(result.code),
             seconds=round(result.seconds, 2),
             note=(note + holder).strip(),
+            data=result.data,
             test=request.node.nodeid,
         )
         ROWS.append(row)

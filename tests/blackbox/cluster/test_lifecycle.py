@@ -28,8 +28,8 @@ ALLOW_REFUSALS = pytest.mark.allow_log(*log_signs(LOCK_MANAGER))
 
 
 @pytest.fixture
-def vms(mount_point: str) -> dict[str, DomainSpec]:
-    return thesis_vms(nfs_storage(mount_point))
+def vms(tn: TwoNode, mount_point: str) -> dict[str, DomainSpec]:
+    return thesis_vms(nfs_storage(mount_point), writer_boot=tn.writer_boot)
 
 
 @pytest.fixture
@@ -187,10 +187,10 @@ def test_migration_to_a_node_where_the_disk_is_held_fails_and_the_source_keeps_i
     tn: TwoNode, vms: dict[str, DomainSpec], mount_point: str, check
 ) -> None:
     share = nfs_storage(mount_point)
-    vm1 = DomainSpec("vm-1", (Disk(share.two),), uuid=vms["vm-1"].uuid)
+    vm1 = DomainSpec("vm-1", (Disk(share.two),), uuid=vms["vm-1"].uuid, writer_boot=tn.writer_boot)
     # The destination is told (migration XML) that vm-1's disk is one.qcow2, which vm-2
     # on node-b holds: a mis-mapped disk path, caught at the destination's acquire.
-    on_b = DomainSpec("vm-1", (Disk(share.one),), uuid=vm1.uuid)
+    on_b = DomainSpec("vm-1", (Disk(share.one),), uuid=vm1.uuid, writer_boot=tn.writer_boot)
     check(tn.start(NODE_A, vm1))
     check(tn.start(NODE_B, vms["vm-2"]))
     result = tn.migrate("vm-1", NODE_A, NODE_B, dest_spec=on_b)

@@ -81,7 +81,7 @@ def dlm_view(node: Node) -> tuple[int, list[int], int]:
 def test_node_a_powered_off_node_b_starts_vm1_after_dlm_recovery_and_the_cluster_heals(
     lab: Lab, tn: TwoNode, record: Record, node_a_comes_back: None
 ) -> None:
-    vm1 = thesis_vms(BLOCK)["vm-1"]
+    vm1 = thesis_vms(BLOCK, writer_boot=tn.writer_boot)["vm-1"]
     b = tn.nodes[NODE_B]
     first = tn.start(NODE_A, vm1)
     record(TABLE, "vm-1 starts on node-a", first, OK)

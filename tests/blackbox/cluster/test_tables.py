@@ -20,8 +20,9 @@ from .conftest import CASE_TIMEOUT_S, Record
 pytestmark = pytest.mark.timeout(CASE_TIMEOUT_S)  # a case: a handful of deadlined steps
 
 
-def vms_for(case: Case, mount_point: str) -> dict[str, DomainSpec]:
-    return thesis_vms(BLOCK if case.storage == "block" else nfs_storage(mount_point))
+def vms_for(tn: TwoNode, case: Case, mount_point: str) -> dict[str, DomainSpec]:
+    storage = BLOCK if case.storage == "block" else nfs_storage(mount_point)
+    return thesis_vms(storage, writer_boot=tn.writer_boot)
 
 
 def run_setup(tn: TwoNode, case: Case, vms: dict[str, DomainSpec]) -> None:
@@ -59,7 +60,7 @@ def params(cases: list[Case]) -> list[object]:
 
 @pytest.mark.parametrize("case", params(TABLE_5_1 + TABLE_5_2))
 def test_matrix_row(tn: TwoNode, mount_point: str, record: Record, case: Case) -> None:
-    vms = vms_for(case, mount_point)
+    vms = vms_for(tn, case, mount_point)
     run_setup(tn, case, vms)
     result = probe(tn, case, vms, record)
     assert_as_expected(case.probe, result)

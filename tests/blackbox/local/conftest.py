@@ -1,9 +1,11 @@
 """Fixtures of the local tier: a private libvirtd with the dlm lock manager on this host.
 
 The lab comes up once per session (``make check`` or ``make test``) and goes away at the
-end, leaving no process, domain or mount behind. After every test the audits run: all
-domains are removed, every lock is gone within a second, the daemons are alive, and
-virtdlmd's log shows no unexpected ERROR or Traceback.
+end, leaving no process, domain or mount behind. The thesis VMs are writer guests that
+really write their disks (lab.guest.writer). After every test the audits run: no two
+running domains write one disk (in libvirt's view, and by what the writers left on the
+disks), all domains are removed, every lock is gone within a second, the daemons are
+alive, and virtdlmd's log shows no unexpected ERROR or Traceback.
 """
 
 from __future__ import annotations
@@ -16,7 +18,10 @@ import pytest
 
 import virtdlm.client
 from lab.command import check
+from lab.guest import disks
 from lab.local import LocalLab, default_root
+from lab.settings import REPO
+from lab.suite import data
 from lab.suite.audit import LogWatch, double_writers
 from lab.suite.matrix import IMAGES, image_storage, thesis_vms
 from lab.virt.domain import Disk, DomainSpec
@@ -56,9 +61,17 @@ def images(lab: LocalLab) -> dict[str, str]:
 
 
 @pytest.fixture(scope="session")
-def vms(lab: LocalLab, images: dict[str, str]) -> dict[str, DomainSpec]:
-    """vm-1..vm-4 of the thesis (lab.suite.matrix) on those images."""
-    return thesis_vms(image_storage("local", lab.images))
+def vms(
+    request: pytest.FixtureRequest, lab: LocalLab, images: dict[str, str]
+) -> dict[str, DomainSpec]:
+    """vm-1..vm-4 of the thesis (lab.suite.matrix) on those images, as writer guests
+    (lab.guest.writer) unless --no-writers."""
+    boot = ""
+    if request.config.getoption("writers"):
+        boot = os.path.join(REPO, "build", "writer-boot.img")
+        if not os.path.exists(boot):
+            pytest.fail(f"{boot} is missing: run 'make guest' first")
+    return thesis_vms(image_storage("local", lab.images), writer_boot=boot)
 
 
 def locks(lab: LocalLab) -> list[dict[str, Any]]:
@@ -82,9 +95,16 @@ def audit(request: pytest.FixtureRequest, lab: LocalLab, hv: Hypervisor) -> Iter
         if hv.is_running(name):
             running[f"local/{name}"] = hv.call("xml", hv.lookup(name).XMLDesc, 0)
     try:
-        assert double_writers(running) == {}, "two running domains write one disk"
+        doubles = double_writers(running)
+        # What the writer guests left on their exclusive disks (lab.suite.data).
+        data.audit(read_here, running, doubles, request.node.name)
+        assert doubles == {}, "two running domains write one disk"
     finally:
         hv.remove_all()
+    for image in IMAGES.values():  # nobody runs now: the next test starts from clean disks
+        path = os.path.join(lab.images, image.file)
+        if os.path.exists(path):
+            disks.wipe(path)
     wait_for(
         lambda: locks(lab) == [],
         RELEASE_DEADLINE_S,
@@ -95,6 +115,10 @@ def audit(request: pytest.FixtureRequest, lab: LocalLab, hv: Hypervisor) -> Iter
     assert lab.pid_of("libvirtd") is not None, "libvirtd died"
     bad = watch.bad_lines()
     assert not bad, "unexpected lines in virtdlmd's log:\n" + "\n".join(bad)
+
+
+def read_here(paths: list[str]) -> list[disks.Evidence]:
+    return [disks.evidence(path) for path in paths]
 
 
 def spec(name: str, *disks: Disk, **kw: Any) -> DomainSpec:

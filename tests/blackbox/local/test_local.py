@@ -15,6 +15,8 @@ import time
 import libvirt
 import pytest
 
+from lab.guest import disks
+from lab.guest.writer import SECTOR_BYTES, parse_record, shared_slot_lba
 from lab.local import LocalLab
 from lab.suite.matrix import FIRST, TABLE_5_1, Row
 from lab.virt.domain import Disk, DomainSpec, Lease
@@ -23,6 +25,8 @@ from lab.virt.refusal import LOCK_DAEMON_DOWN, LOCK_MANAGER, OK
 from lab.wait import wait_for
 
 from .conftest import MATRIX, RELEASE_DEADLINE_S, held, locks, spec
+
+WRITER_START_S = 30.0  # a writer guest boots and writes (TCG)
 
 
 def refused(hv: Hypervisor, action: str, *args: object) -> LibvirtFailure:
@@ -92,6 +96,43 @@ def test_vm1_starts_and_holds_its_disks_in_the_right_modes(
         )
     )
     assert held(lab) == {("vm-1", "one.qcow2", "EX"), ("vm-1", "share.raw", "PR")}
+
+
+def test_writer_guests_write_their_disks_and_each_keeps_to_its_slot(
+    request: pytest.FixtureRequest,
+    hv: Hypervisor,
+    vms: dict[str, DomainSpec],
+    images: dict[str, str],
+) -> None:
+    """The data audits rest on this: a thesis VM really writes its exclusive disk (its
+    counter rises) and only its own slot of the shareable one."""
+    if not request.config.getoption("writers"):
+        pytest.skip("--no-writers: the thesis VMs run firmware only")
+    hv.create(vms[FIRST])
+    hv.create(vms["vm-4"])
+    one = images["one.qcow2"]
+
+    def counter() -> int:
+        record = disks.evidence(one).record
+        assert record is None or record.writer == FIRST, record
+        return record.counter if record else 0
+
+    wait_for(lambda: counter() > 0, WRITER_START_S, 0.2, f"{FIRST} to write {one}")
+    first = counter()
+    wait_for(lambda: counter() > first, WRITER_START_S, 0.2, f"{FIRST}'s counter to rise")
+
+    def slot_writers() -> list[str | None]:
+        with open(images["share.raw"], "rb") as f:
+            share = f.read(16 * SECTOR_BYTES)
+        at = [shared_slot_lba(i) * SECTOR_BYTES for i in range(4)]
+        return [
+            r.writer if r else None for r in (parse_record(share[a : a + SECTOR_BYTES]) for a in at)
+        ]
+
+    wait_for(lambda: slot_writers()[3] is not None, WRITER_START_S, 0.2, "vm-4 to write its slot")
+    writers = slot_writers()
+    assert writers == [FIRST, None, None, "vm-4"], "each writer keeps to its own slot"
+    assert disks.evidence(one).collision is None
 
 
 # -- where the lock manager itself refuses: before QEMU opens the image ----------------------
