@@ -8,9 +8,10 @@ PYTEST  := $(PY) -m pytest
 CC      ?= cc
 CFLAGS_DRIVER := -std=gnu11 -O2 -g -fPIC -shared -fvisibility=hidden \
                  -Wall -Wextra -Werror -Wformat=2 -Wshadow
-DRIVER_SRC := $(wildcard plugin/driver/*.c) $(wildcard plugin/driver/*.h)
+DRIVER_C   := $(sort $(wildcard plugin/driver/*.c))
+DRIVER_SRC := $(DRIVER_C) $(wildcard plugin/driver/*.h)
 
-.PHONY: all deps unit plugin install-plugin check local-lab local-lab-stop lab lab-status lab-destroy lab-clean lab-test test bench lint clean venv
+.PHONY: all deps unit plugin guest install-plugin check local-lab local-lab-stop lab lab-status lab-destroy lab-clean lab-test test bench lint clean venv
 
 all: plugin unit
 
@@ -28,9 +29,21 @@ venv: $(VENV)/.stamp
 
 build/dlm.so: $(DRIVER_SRC)
 	mkdir -p build
-	$(CC) $(CFLAGS_DRIVER) -o $@ plugin/driver/dlm_driver.c -ldl
+	$(CC) $(CFLAGS_DRIVER) -o $@ $(DRIVER_C) -ldl
 
 plugin: build/dlm.so
+
+# The writer guest (guest/writer): a boot-sector program, and the boot disk every writer
+# domain shares (lab.guest.writer builds it, so its size is defined once).
+build/writer.bin: guest/writer/writer.S
+	mkdir -p build
+	as --32 -o build/writer.o $<
+	ld -m elf_i386 -Ttext 0x7c00 --oformat binary -e _start -o $@ build/writer.o
+
+build/writer-boot.img: build/writer.bin lab/guest/writer.py
+	PYTHONPATH=. $(PYTHON) -m lab.guest.writer boot-image $@
+
+guest: build/writer-boot.img
 
 # Install dlm.so into libvirt's lock-driver directory (asked of libvirt's pkg-config file,
 # else found next to lockd.so) and the example config (never overwriting an existing one).
@@ -48,7 +61,7 @@ unit: venv plugin
 	$(PYTEST) tests/unit -q
 
 # The single-host tier: a private libvirtd with dlm.so and real QEMU (TCG), model backend.
-check: venv plugin
+check: venv plugin guest
 	$(PYTEST) tests/blackbox/local -q -rA
 
 local-lab: venv plugin
