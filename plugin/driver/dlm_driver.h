@@ -1,11 +1,12 @@
 /*
  * dlm_driver.h: the libvirt lock-driver plugin ABI as dlm.so implements it.
  *
- * Declared here from the documented layout (docs: /work/shared/FACTS.md section 1,
- * checked against libvirt 9.0's lockd.so: virLockDriverImpl is a 72-byte object), so
- * that building dlm.so needs no libvirt headers (libvirt's lock_driver.h is internal).
- * Every name carries the prefix vdl/VDL except the one exported symbol,
- * virLockDriverImpl, whose name libvirt looks up with dlsym().
+ * The ABI's home is libvirt's src/locking/lock_driver.h (virLockDriver, virLockManager,
+ * virLockManagerParam and their flags), an internal header that no -dev package installs.
+ * So it is declared again here, with the same layout and values (checked against libvirt
+ * 9.0's own lockd.so, whose virLockDriverImpl is a 72-byte object) and without libvirt's
+ * code. Every name carries the prefix vdl/VDL except the one exported symbol,
+ * virLockDriverImpl, whose name libvirt looks up with dlsym() (src/locking/lock_manager.c).
  *
  * x86_64 layout: param 32 bytes, manager 16 bytes, driver table 72 bytes.
  */

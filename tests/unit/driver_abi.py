@@ -1,8 +1,10 @@
 """libvirt's lock-driver plugin ABI in ctypes, and a handle that drives dlm.so like libvirt.
 
-Layout (x86_64, /work/shared/FACTS.md section 1): a parameter is 32 bytes, the manager 16,
-the driver table 72. `DriverHandle` loads the plugin in this process and makes the calls
-libvirt makes: init, then per operation new + add_* + acquire/release/inquire + free.
+The ABI is declared in libvirt's src/locking/lock_driver.h (internal to libvirt; not installed
+by libvirt-dev). Layout on x86_64: a parameter is 32 bytes, the manager 16, the driver table 72.
+`DriverHandle` loads the plugin in this process and makes the calls libvirt makes: init, then
+per operation new + add_* + acquire/release/inquire + free. test_driver_drift.py checks these
+numbers against plugin/driver/dlm_driver.h.
 """
 
 from __future__ import annotations

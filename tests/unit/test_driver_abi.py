@@ -17,35 +17,45 @@ import shutil
 import socket
 import stat
 import struct
+import subprocess
 import sys
 import tempfile
 import threading
 from collections.abc import Callable, Iterator
 from typing import Any
 
+import libvirt
 import pytest
 
 from lab.command import check, run
+from virtdlm import config, protocol
 from virtdlm.errors import ErrorCode
 
 from . import driver_abi as abi
+from . import driver_source
+from .procs import DaemonProc
 
 REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 UUID = "6a1f0c4e-3b5d-4f6a-9c1e-2d3b4c5d6e7f"
 NAME = "vm-1"
 DOMAIN_ID = 7
-DEFAULT_SOCKET = "/run/libvirt/virtdlmd.sock"
+DEFAULT_SOCKET = config.DEFAULT_SOCKET_PATH
 IO_TIMEOUT_S = 5.0
 SUBPROCESS_TIMEOUT_S = 60.0
 NOT_RUNNING = "virtdlmd is not running"
 BUSY_MESSAGE = "disk /x is locked exclusively by vm-1 on node-a"
-OK = {"v": 1, "ok": True}
+V = protocol.PROTOCOL_VERSION
+MAX_FRAME = protocol.MAX_FRAME_BYTES
+MAX_PATH = protocol.MAX_PATH_BYTES
+MAX_NAME = protocol.MAX_NAME_BYTES
+MAX_RESOURCES = protocol.MAX_RESOURCES_PER_REQUEST
+OK = protocol.ok_reply()
 
 
 def refusal(code: int, message: str, **extra: Any) -> dict[str, Any]:
     """An error reply as virtdlmd sends it (protocol.error_reply)."""
     name = ErrorCode(code).name if code in {int(c) for c in ErrorCode} else "UNKNOWN"
-    return {"v": 1, "ok": False, "code": code, "error": name, "message": message, **extra}
+    return {"v": V, "ok": False, "code": code, "error": name, "message": message, **extra}
 
 
 def frame(body: bytes) -> bytes:
@@ -313,8 +323,9 @@ NEW_CASES = [
      -1, "parameter 'name'"),
     ("name as UINT", [*_without("name"), abi.ParamSpec("name", abi.PARAM_UINT, 1)], 0, 0, -1,
      "parameter 'name' of type 4"),
-    ("name too long", [*_without("name"), abi.ParamSpec("name", abi.PARAM_STRING, "n" * 257)],
-     0, 0, -1, "over the limit of 256"),
+    ("name too long",
+     [*_without("name"), abi.ParamSpec("name", abi.PARAM_STRING, "n" * (MAX_NAME + 1))],
+     0, 0, -1, f"over the limit of {MAX_NAME}"),
 ]  # fmt: skip
 
 
@@ -347,13 +358,21 @@ RESOURCE_CASES = [
      "unsupported flags (0x4)"),
     ("disk with params", abi.RESOURCE_TYPE_DISK, "/srv/one.qcow2",
      [abi.ParamSpec("offset", abi.PARAM_ULONG, 0)], 0, -1, "unexpected 1 parameters"),
-    ("disk path 4096", abi.RESOURCE_TYPE_DISK, "/" + "a" * 4095, [], 0, 0, ""),
-    ("disk path 4097", abi.RESOURCE_TYPE_DISK, "/" + "a" * 4096, [], 0, -1,
-     "is 4097 bytes, over the limit of 4096"),
+    ("disk path at the limit", abi.RESOURCE_TYPE_DISK, "/" + "a" * (MAX_PATH - 1), [], 0, 0, ""),
+    ("disk path over it", abi.RESOURCE_TYPE_DISK, "/" + "a" * MAX_PATH, [], 0, -1,
+     f"is {MAX_PATH + 1} bytes, over the limit of {MAX_PATH}"),
     ("disk NULL path", abi.RESOURCE_TYPE_DISK, None, [], 0, -1, "disk path is missing"),
     ("lease", abi.RESOURCE_TYPE_LEASE, "k1", abi.lease_params("/l", 1024, "ls"), 0, 0, ""),
     ("lease no lockspace", abi.RESOURCE_TYPE_LEASE, "k1", abi.lease_params("/l", 0, None), 0,
      0, ""),
+    ("lease key over the limit", abi.RESOURCE_TYPE_LEASE, "k" * (MAX_NAME + 1),
+     abi.lease_params("/l", 0, "ls"), 0, -1, f"lease key {'k' * 64}... is {MAX_NAME + 1} bytes"),
+    ("lease lockspace over the limit", abi.RESOURCE_TYPE_LEASE, "k1",
+     abi.lease_params("/l", 0, "s" * (MAX_NAME + 1)), 0, -1,
+     f"is {MAX_NAME + 1} bytes, over the limit of {MAX_NAME}"),
+    ("lease path over the limit", abi.RESOURCE_TYPE_LEASE, "k1",
+     abi.lease_params("/" + "p" * MAX_PATH, 0, "ls"), 0, -1,
+     f"is {MAX_PATH + 1} bytes, over the limit of {MAX_PATH}"),
     ("lease flag", abi.RESOURCE_TYPE_LEASE, "k1", abi.lease_params("/l", 0, "ls"), 1, -1,
      "unsupported flags (0x1)"),
     ("lease unknown param", abi.RESOURCE_TYPE_LEASE, "k1",
@@ -384,12 +403,14 @@ def test_add_resource(
     assert stderr in err and (rc == 0) == (err == "")
 
 
-def test_at_most_256_resources(driver: abi.DriverHandle, capfd: pytest.CaptureFixture[str]) -> None:
+def test_at_most_the_protocols_resources_per_request(
+    driver: abi.DriverHandle, capfd: pytest.CaptureFixture[str]
+) -> None:
     assert driver.init(None) == 0
     assert driver.new(UUID, NAME, DOMAIN_ID, 42) == 0
-    assert [driver.add_disk(f"/srv/{i}.img") for i in range(256)] == [0] * 256
-    assert driver.add_disk("/srv/256.img") == -1
-    assert f"domain {NAME} has more than 256 resources" in capfd.readouterr().err
+    assert [driver.add_disk(f"/srv/{i}.img") for i in range(MAX_RESOURCES)] == [0] * MAX_RESOURCES
+    assert driver.add_disk("/srv/one-more.img") == -1
+    assert f"domain {NAME} has more than {MAX_RESOURCES} resources" in capfd.readouterr().err
 
 
 # -- calls without a daemon ------------------------------------------------------------------
@@ -451,7 +472,7 @@ def test_register_sends_the_owner_and_hands_over_an_inheritable_socket(
     assert rc == 0 and fd >= 0
     try:
         assert daemon.request() == {
-            "v": 1,
+            "v": V,
             "op": "register",
             "owner": owner(os.getpid()),
             "resources": [
@@ -506,7 +527,7 @@ def test_libvirtd_calls_send_one_request_and_close(
     assert driver.add_disk("/srv/share.raw", shared=True) == 0
     assert getattr(driver, call)() == (0, -1 if call == "acquire" else state)
     assert daemon.request() == {
-        "v": 1, "op": op, "owner": owner(os.getpid()),
+        "v": V, "op": op, "owner": owner(os.getpid()),
         "resources": [disk("/srv/share.raw", shared=True)],
     }  # fmt: skip
     assert daemon.closed_by_client()
@@ -534,7 +555,7 @@ def test_strings_are_escaped(
 REPLY_CASES = [
     # id, call, reply, rc, result (fd/state), stderr
     ("nested fields skipped", "acquire",
-     {"v": 1, "ok": True, "status": {"a": [1, {"b": "}"}], "c": None}, "x": -1.5e3}, 0, -1, ""),
+     {**OK, "status": {"a": [1, {"b": "}"}], "c": None}, "x": -1.5e3}, 0, -1, ""),
     ("busy", "acquire", busy(), -1, -1, f"dlm: {BUSY_MESSAGE}\n"),
     ("busy at register", "register", busy(), -1, -1, f"dlm: {BUSY_MESSAGE}\n"),
     ("escapes in message", "release",
@@ -547,21 +568,21 @@ REPLY_CASES = [
      "malformed reply to acquire"),
     ("no message", "acquire", refusal(ErrorCode.BACKEND, ""), -1, -1,
      "dlm: virtdlmd refused acquire with code 7 and no message\n"),
-    ("state", "inquire", {"v": 1, "ok": True, "state": "dlm:vm-1,EX;x=1"}, 0,
+    ("state", "inquire", {**OK, "state": "dlm:vm-1,EX;x=1"}, 0,
      "dlm:vm-1,EX;x=1", ""),
-    ("empty state", "inquire", {"v": 1, "ok": True, "state": ""}, 0, None, ""),
-    ("unsafe state", "inquire", {"v": 1, "ok": True, "state": "<x/>"}, -1, None,
+    ("empty state", "inquire", {**OK, "state": ""}, 0, None, ""),
+    ("unsafe state", "inquire", {**OK, "state": "<x/>"}, -1, None,
      "a lock state with characters outside"),
-    ("no version", "acquire", {"ok": True}, -1, -1, 'without "v": 1 and "ok"'),
-    ("other version", "acquire", {"v": 2, "ok": True}, -1, -1, 'without "v": 1 and "ok"'),
+    ("no version", "acquire", {"ok": True}, -1, -1, f'without "v": {V} and "ok"'),
+    ("other version", "acquire", {"v": V + 1, "ok": True}, -1, -1, f'without "v": {V} and "ok"'),
     ("not JSON", "acquire", frame(b"nope!"), -1, -1,
      "malformed reply to acquire (at byte 0 of 5)"),
     ("trailing garbage", "acquire", frame(b'{"v":1,"ok":true} junk'), -1, -1,
      "malformed reply to acquire (at byte 18 of 22)"),
     ("bad escape", "acquire", frame(b'{"v":1,"ok":false,"message":"a\\q"}'), -1, -1,
      "malformed reply to acquire (at byte 31 of 34)"),
-    ("oversized frame", "acquire", struct.pack(">I", 65537), -1, -1,
-     "with a frame of 65537 bytes (allowed: 1..65536)"),
+    ("oversized frame", "acquire", struct.pack(">I", MAX_FRAME + 1), -1, -1,
+     f"with a frame of {MAX_FRAME + 1} bytes (allowed: 1..{MAX_FRAME})"),
     ("empty frame", "acquire", struct.pack(">I", 0), -1, -1, "with a frame of 0 bytes"),
     ("truncated", "acquire", struct.pack(">I", 50) + b'{"v":1', -1, -1,
      "cannot read the reply of acquire to virtdlmd"),
@@ -597,6 +618,50 @@ def test_replies(
     assert err.count("\n") <= stderr.count("\n") + 1, "each error is reported once"
 
 
+# -- against a real virtdlmd (model backend) ------------------------------------------------
+
+OTHER_UUID = "0b5e1f7a-8c2d-4e3f-9a1b-7c6d5e4f3a2b"
+
+
+def test_a_real_virtdlmd_reads_what_the_driver_sends(
+    driver: abi.DriverHandle,
+    daemon: DaemonProc,
+    images: dict[str, str],
+    capfd: pytest.CaptureFixture[str],
+) -> None:
+    """register, acquire, inquire, a conflict and release, as libvirt would make them, with
+    virtdlmd's own config file: the two sides agree on the wire, not just on paper."""
+    one = images["one.qcow2"]
+    assert driver.init(daemon.write_config()) == 0
+    assert driver.new(UUID, NAME, DOMAIN_ID, os.getpid(), abi.NEW_STARTED) == 0
+    assert driver.add_disk(one) == 0
+    rc, fd = driver.acquire(abi.ACQUIRE_REGISTER_ONLY)  # in libvirt, the pre-exec child
+    assert rc == 0 and fd >= 0
+    driver.free()
+    try:
+        assert driver.new(UUID, NAME, DOMAIN_ID, os.getpid()) == 0
+        assert driver.add_disk(one) == 0
+        assert driver.acquire() == (0, -1)  # in libvirt, just before the CPUs start
+        assert driver.inquire() == (0, None)
+        driver.free()
+        with subprocess.Popen(["sleep", "60"]) as other:  # a second QEMU, same disk
+            try:
+                assert driver.new(OTHER_UUID, "vm-2", 8, other.pid) == 0
+                assert driver.add_disk(one, shared=True) == 0
+                assert driver.acquire() == (-1, -1)
+                driver.free()
+            finally:
+                other.kill()
+        err = capfd.readouterr().err
+        assert err.startswith(f"dlm: disk {one} is locked") and NAME in err
+        assert err.count("\n") == 1, err
+        assert driver.new(UUID, NAME, DOMAIN_ID, os.getpid()) == 0
+        assert driver.add_disk(one) == 0
+        assert driver.release() == (0, None)
+    finally:
+        os.close(fd)  # QEMU's exit, as virtdlmd sees it
+
+
 # -- the error mapping, through a stand-in for libvirt's virReportErrorHelper -----------------
 
 FAKE_LIBVIRT_C = r"""
@@ -629,22 +694,12 @@ for _ in range(int(sys.argv[3])):
 assert d.acquire(ACQUIRE_REGISTER_ONLY) == (-1, -1)
 """
 
-# daemon code -> libvirt error code (docs/protocol.md, "Error codes")
+# daemon code -> libvirt error, as docs/protocol.md's table says (test_driver_drift.py checks
+# that the driver's own table, ErrorCode and libvirt's numbers say the same)
 ERROR_MAP = [
-    (ErrorCode.INTERNAL, 1),
-    (ErrorCode.PROTOCOL, 1),
-    (ErrorCode.UNSUPPORTED_VERSION, 1),
-    (ErrorCode.DENIED, 9),
-    (ErrorCode.INVALID_REQUEST, 1),
-    (ErrorCode.BUSY, 87),
-    (ErrorCode.BACKEND, 9),
-    (ErrorCode.TIMEOUT, 9),
-    (ErrorCode.RESTRICTED, 9),
-    (ErrorCode.POLICY, 9),
-    (ErrorCode.NO_SUCH_PROCESS, 9),
-    (ErrorCode.SHUTTING_DOWN, 9),
-    (99, 1),  # a code newer than this driver
-]
+    (ErrorCode(code), getattr(libvirt, libvirt_name))
+    for code, (_, libvirt_name, _) in sorted(driver_source.documented_error_map().items())
+] + [(99, libvirt.VIR_ERR_INTERNAL_ERROR)]  # a code newer than this driver
 
 
 @pytest.fixture(scope="module")
@@ -688,7 +743,7 @@ def test_daemon_codes_map_to_libvirt_errors(
     reported_errors: list[str], index: int, code: int, libvirt_code: int
 ) -> None:
     line = reported_errors[index]
-    assert line.startswith(f"helper domcode=42 code={libvirt_code} file=")
+    assert line.startswith(f"helper domcode={libvirt.VIR_FROM_LOCKING} code={libvirt_code} file=")
     assert line.endswith(f"msg=refusal with code {code}")
 
 
