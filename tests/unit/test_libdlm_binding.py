@@ -34,7 +34,8 @@ def test_declarations_match_the_library() -> None:
         "dlm_ls_purge",
     ):
         assert getattr(lib, symbol) is not None
-    assert ffi.sizeof("struct dlm_lksb") == 24  # FACTS.md section 2
+    # libdlm.h: int sb_status; uint32_t sb_lkid; char sb_flags; char *sb_lvbptr
+    assert ffi.sizeof("struct dlm_lksb") == 24
     assert ffi.offsetof("struct dlm_lksb", "sb_lvbptr") == 16
 
 
