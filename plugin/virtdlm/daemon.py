@@ -12,6 +12,8 @@ owners, stop listening, close connections, close the backend handle). Locks are 
 released on the way down: they stay granted as orphans and the next start adopts them.
 Every lock decision runs under one asyncio lock (``decide``), and every backend call on one
 worker thread, so decisions are serial and the backend is single-threaded as libdlm needs.
+Every request is answered within ``request_timeout_s`` (virtdlm.deadline), before the client
+gives up; a backend call that ends after its request was answered keeps nothing.
 
     server.py    socket, peer check, frames  -> handlers.py  one function per op
     registry.py  owners and their lifetimes  -> locker.py    lock decisions, what is held
@@ -34,6 +36,7 @@ from functools import partial
 from . import handlers
 from .backends.base import LockBackend
 from .config import DEFAULT_CONFIG_PATH, Config, load_config
+from .deadline import REQUEST_TIMEOUT_S
 from .errors import VirtDlmError
 from .locker import Locker
 from .owners import StateStore
@@ -47,9 +50,15 @@ EXIT_FAILED = 1
 
 
 class Daemon:
-    def __init__(self, config: Config, backend_factory: Callable[[], LockBackend]) -> None:
+    def __init__(
+        self,
+        config: Config,
+        backend_factory: Callable[[], LockBackend],
+        request_timeout_s: float = REQUEST_TIMEOUT_S,
+    ) -> None:
         self.config = config
         self._backend_factory = backend_factory
+        self.request_timeout_s = request_timeout_s  # every request is answered within this
         self.worker = Worker(config.lockspace_name)
         self.decide = asyncio.Lock()
         self.store = StateStore(config.state_dir)
@@ -75,7 +84,7 @@ class Daemon:
         backend = await self.worker.run(self._backend_factory)
         self.worker.inline = not backend.blocking
         self._locker = Locker(backend, self.config.effective_node_name)
-        self._registry = OwnerRegistry(self._locker, self.store, self.worker, self.decide)
+        self._registry = OwnerRegistry(self._locker, self.store, self.worker)
         await self._registry.recover(self.config.purge_orphans)
         await self.server.start()
         if not backend.cluster:

@@ -2,21 +2,26 @@
 
 ``dispatch`` is the only way in. It first checks the connection's state (a restricted
 registration connection may send nothing more), then validates the frame as a request,
-then runs ``HANDLERS[op]``. It answers with the reply and whether to close the connection:
-a frame that is not a valid request is refused and the connection closed; any other error
-is an error reply on a connection that stays open.
+then runs ``HANDLERS[op]`` against the request's deadline (virtdlm.deadline): every wait of
+a handler is bounded by what is left of it, so the answer, TIMEOUT at worst, comes before
+the client gives up. It answers with the reply and whether to close the connection: a frame
+that is not a valid request is refused and the connection closed; any other error is an
+error reply on a connection that stays open.
 """
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import logging
 import os
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 from . import __version__, policy, protocol
+from .deadline import Deadline
 from .errors import (
     Denied,
     ErrorCode,
@@ -67,7 +72,8 @@ async def dispatch(d: Daemon, session: Session, message: dict[str, Any]) -> tupl
         request = protocol.parse_request(message)
         if d.stopping:
             raise ShuttingDown("virtdlmd is stopping; retry once it is back")
-        return await HANDLERS[request.op](d, session, request), False
+        deadline = Deadline(_what(request), d.request_timeout_s)
+        return await HANDLERS[request.op](d, session, request, deadline), False
     except (ProtocolError, InvalidRequest, Restricted) as err:
         session.log.warning("peer pid %d uid %d: %s", session.pid, session.uid, err)
         return protocol.error_reply(err), True
@@ -82,18 +88,36 @@ async def closed(d: Daemon, session: Session) -> None:
     owner = session.registration
     if owner is not None and not d.stopping:
         owner.registered = False
-        await d.registry.owner_gone(owner, "registration connection closed")
+        d.registry.retire(owner, "registration connection closed")
+
+
+@contextlib.asynccontextmanager
+async def _deciding(d: Daemon, deadline: Deadline) -> AsyncIterator[None]:
+    """Hold the decision lock, having waited for it no longer than the request's deadline."""
+    try:
+        async with asyncio.timeout(deadline.left()):
+            await d.decide.acquire()
+    except TimeoutError as err:
+        raise deadline.expired(
+            f"waited {deadline.budget_s:g} s for the decision lock, held by an earlier "
+            "request whose backend call has not finished; the DLM may be blocked "
+            "(check 'dlm_tool status')"
+        ) from err
+    try:
+        yield
+    finally:
+        d.decide.release()
 
 
 # -- one handler per op -------------------------------------------------------------------
 
 
-async def _register(d: Daemon, session: Session, request: Request) -> Reply:
+async def _register(d: Daemon, session: Session, request: Request, deadline: Deadline) -> Reply:
     spec = _owner_of(request)
     if spec.pid != session.pid:
         raise Denied(f"register: claimed pid {spec.pid} is not the caller's pid {session.pid}")
-    async with d.decide:
-        owner = await d.registry.owner_for(spec, create=True)
+    async with _deciding(d, deadline):
+        owner = d.registry.owner_for(spec, create=True)
     assert owner is not None
     owner.registered = True
     session.registration = owner
@@ -101,36 +125,36 @@ async def _register(d: Daemon, session: Session, request: Request) -> Reply:
     return protocol.ok_reply()
 
 
-async def _acquire(d: Daemon, session: Session, request: Request) -> Reply:
+async def _acquire(d: Daemon, session: Session, request: Request, deadline: Deadline) -> Reply:
     spec = _owner_of(request)
     policy.check_policy(d.config, request.resources)
-    wants = await policy.wants(d.config, request.resources)
-    async with d.decide:
-        owner = await d.registry.owner_for(spec, create=True)
+    wants = await policy.wants(d.config, request.resources, deadline)
+    async with _deciding(d, deadline):
+        owner = d.registry.owner_for(spec, create=True)
         assert owner is not None
-        await d.worker.run(d.locker.acquire, owner, wants)
+        await d.worker.run_revocable(d.locker.acquire, owner, wants, deadline=deadline)
         d.registry.save(owner)
     return protocol.ok_reply()
 
 
-async def _release(d: Daemon, session: Session, request: Request) -> Reply:
+async def _release(d: Daemon, session: Session, request: Request, deadline: Deadline) -> Reply:
     spec = _owner_of(request)
-    async with d.decide:
-        owner = await d.registry.owner_for(spec, create=False)
+    async with _deciding(d, deadline):
+        owner = d.registry.owner_for(spec, create=False)
         if owner is None:
             return protocol.ok_reply()
         held = d.locker.held_by(owner)
-        names = await policy.release_names(d.config, held, request.resources)
-        await d.worker.run(d.locker.release, owner, names)
+        names = await policy.release_names(d.config, held, request.resources, deadline)
+        await d.worker.run(d.locker.release, owner, names, deadline=deadline)
         d.registry.save(owner)
     return protocol.ok_reply()
 
 
-async def _inquire(d: Daemon, session: Session, request: Request) -> Reply:
+async def _inquire(d: Daemon, session: Session, request: Request, deadline: Deadline) -> Reply:
     return protocol.ok_reply(state="")
 
 
-async def _status(d: Daemon, session: Session, request: Request) -> Reply:
+async def _status(d: Daemon, session: Session, request: Request, deadline: Deadline) -> Reply:
     backend = d.locker.backend
     status: dict[str, Any] = {
         "version": __version__,
@@ -150,7 +174,7 @@ async def _status(d: Daemon, session: Session, request: Request) -> Reply:
     return protocol.ok_reply(status=status)
 
 
-async def _locks(d: Daemon, session: Session, request: Request) -> Reply:
+async def _locks(d: Daemon, session: Session, request: Request, deadline: Deadline) -> Reply:
     node = d.locker.node_name
     locks = [
         {
@@ -168,7 +192,7 @@ async def _locks(d: Daemon, session: Session, request: Request) -> Reply:
     return protocol.ok_reply(locks=sorted(locks, key=lambda x: (x["path"], x["domain"])))
 
 
-Handler = Callable[["Daemon", Session, Request], Awaitable[Reply]]
+Handler = Callable[["Daemon", Session, Request, Deadline], Awaitable[Reply]]
 
 HANDLERS: dict[str, Handler] = {
     "register": _register,
@@ -184,6 +208,12 @@ assert set(HANDLERS) == protocol.OPS, "every op of the protocol has exactly one 
 def _owner_of(request: Request) -> OwnerSpec:
     assert request.owner is not None, "parse_request gives every owner op an owner"
     return request.owner
+
+
+def _what(request: Request) -> str:
+    """The request as its Timeout names it: "acquire for vm-1 (pid 4242)"."""
+    owner = request.owner
+    return request.op if owner is None else f"{request.op} for {owner.name} (pid {owner.pid})"
 
 
 def _who(message: dict[str, Any]) -> str:

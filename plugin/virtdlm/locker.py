@@ -4,7 +4,8 @@
 Taking a lock follows lvmlockd: a new NL lock, then CONVERT|NOQUEUE|PERSISTENT to PR or EX;
 an EX holder then publishes itself in the lock value block (an EX->EX convert with VALBLK
 writes it), so that a refused node can name the holder. Releasing converts to NL (clearing
-the LVB of an EX lock) and unlocks. An acquire is all or nothing.
+the LVB of an EX lock) and unlocks. An acquire is all or nothing, and keeps nothing when it
+ends after its request was answered or its owner is gone (a late grant is released at once).
 
 The locker keeps the only record of what is held, one ``HeldLock`` per (owner, resource),
 as lvmlockd keeps one record per lock. It is filed by owner, because the daemon's questions
@@ -21,8 +22,9 @@ from dataclasses import dataclass
 from types import MappingProxyType
 
 from .backends.base import EMPTY_LVB, LockBackend, LockFlags, Mode, decode_holder, encode_holder
-from .errors import BackendError, Busy, Holder, LockBusy, OrphanNotFound
+from .errors import BackendError, Busy, Holder, LockBusy, NoSuchProcess, OrphanNotFound
 from .owners import HeldLock, Owner, OwnerKey
+from .worker import Call
 
 log = logging.getLogger(__name__)
 
@@ -75,31 +77,126 @@ class Locker:
 
     # -- acquire ------------------------------------------------------------------------
 
-    def acquire(self, owner: Owner, wants: list[Want]) -> list[HeldLock]:
-        """Take every wanted lock the owner lacks, or none of them; returns the new ones."""
-        taken: list[HeldLock] = []
+    def acquire(self, call: Call, owner: Owner, wants: list[Want]) -> list[HeldLock]:
+        """Take every wanted lock the owner lacks, or none of them; returns the new ones.
+
+        A revocable call (virtdlm.worker): new locks are recorded, and logged as granted,
+        only once ``call`` commits. If the request was answered first (its deadline passed:
+        ``call`` abandoned) or the owner is gone, the call keeps nothing: not begun, it is
+        dropped; ended late, it releases what it got at once (and converts back what it
+        converted), so that a late grant never outlives the moment it is seen.
+        """
+        if call.abandoned:
+            log.warning(
+                "%s: acquire for %s dropped: its request timed out before its turn came",
+                self.ls,
+                owner.describe(),
+            )
+            return []
+        if owner.gone:
+            raise NoSuchProcess(f"domain {owner.name}: pid {owner.pid} exited; nothing taken")
+        taken: dict[str, HeldLock] = {}
         changed: list[tuple[HeldLock, Mode]] = []
         try:
             for want in wants:
-                held = self._lock_of(owner, want.resource)
+                if call.abandoned or owner.gone:
+                    break  # it will be given back: take no more
+                held = taken.get(want.resource) or self._lock_of(owner, want.resource)
                 if held is None:
-                    new = self._take(owner, want)
-                    self._note(new)
-                    taken.append(new)
+                    taken[want.resource] = self._take(owner, want)
                 elif held.mode != want.mode:
                     old = held.mode
                     self._convert(owner, held, want.mode, want.label)
                     changed.append((held, old))
         except BaseException:
-            for held in taken:
-                self._release_one(held)
-                self._unnote(held)
-            for held, old in changed:
-                self._convert(owner, held, old, held.label)
+            self._undo(owner, list(taken.values()), changed, None)
             raise
-        return taken
+        if owner.gone or not call.commit():
+            late = "its deadline" if call.abandoned else "its owner exited"
+            self._undo(owner, list(taken.values()), changed, late)
+            if call.abandoned:
+                return []
+            raise NoSuchProcess(
+                f"domain {owner.name}: pid {owner.pid} exited while its acquire was pending; "
+                "nothing is kept"
+            )
+        for held in taken.values():
+            self._note(held)
+            self._granted("acquire", held)
+        for held, _old in changed:
+            self._granted("convert to", held)
+        return list(taken.values())
+
+    def _granted(self, what: str, held: HeldLock) -> None:
+        log.info(
+            "%s:%s %s %s for %s: granted (%s)",
+            self.ls,
+            held.resource,
+            what,
+            held.mode.name,
+            held.owner.describe(),
+            held.label,
+        )
+
+    def _undo(
+        self,
+        owner: Owner,
+        taken: list[HeldLock],
+        changed: list[tuple[HeldLock, Mode]],
+        late: str | None,
+    ) -> None:
+        """Give back what an acquire got: unlock its new locks, convert the others back.
+        `late` says why a call that succeeded gives it back (logged once per resource);
+        None for an acquire that failed (all or nothing)."""
+        for held in taken:
+            err = self._unlock(held)
+            if err is not None:
+                log.error(
+                    "%s:%s acquire for %s: could not give the lock back: %s; it may stay "
+                    "granted until virtdlmd restarts and purges it",
+                    self.ls,
+                    held.resource,
+                    owner.describe(),
+                    err,
+                )
+            elif late is not None:
+                log.warning(
+                    "%s:%s acquire completed after %s for %s: released (%s)",
+                    self.ls,
+                    held.resource,
+                    late,
+                    owner.describe(),
+                    held.label,
+                )
+        for held, old in changed:
+            new = held.mode
+            try:
+                self._convert(owner, held, old, held.label)
+            except (BackendError, Busy) as err:
+                log.error(
+                    "%s:%s convert back to %s for %s failed: %s; it stays %s",
+                    self.ls,
+                    held.resource,
+                    old.name,
+                    owner.describe(),
+                    err,
+                    new.name,
+                )
+                continue
+            if late is not None:
+                log.warning(
+                    "%s:%s convert to %s completed after %s for %s: back to %s (%s)",
+                    self.ls,
+                    held.resource,
+                    new.name,
+                    late,
+                    owner.describe(),
+                    old.name,
+                    held.label,
+                )
 
     def _take(self, owner: Owner, want: Want) -> HeldLock:
+        """A new lock in the wanted mode, not recorded yet; Busy if someone else holds it."""
         lkid, _ = self.backend.lock(want.resource, Mode.NL, LockFlags.EXPEDITE)
         try:
             self.backend.convert(lkid, want.mode, TAKE_FLAGS)
@@ -122,14 +219,6 @@ class Locker:
         held = HeldLock(owner, want.resource, want.kind, want.label, want.mode, lkid)
         if want.mode == Mode.EX:
             self._publish(owner, held)
-        log.info(
-            "%s:%s acquire %s for %s: granted (%s)",
-            self.ls,
-            want.resource,
-            want.mode.name,
-            owner.describe(),
-            want.label,
-        )
         return held
 
     def _convert(self, owner: Owner, held: HeldLock, mode: Mode, label: str) -> None:
@@ -143,14 +232,6 @@ class Locker:
         held.mode = mode
         if mode == Mode.EX:
             self._publish(owner, held)
-        log.info(
-            "%s:%s convert to %s for %s: granted (%s)",
-            self.ls,
-            held.resource,
-            mode.name,
-            owner.describe(),
-            label,
-        )
 
     def _publish(self, owner: Owner, held: HeldLock) -> None:
         lvb = encode_holder(held.mode, self.backend.node_id, self.node_name, owner.name)
@@ -190,7 +271,8 @@ class Locker:
             count += 1
         return count
 
-    def _release_one(self, held: HeldLock) -> None:
+    def _unlock(self, held: HeldLock) -> BackendError | None:
+        """Convert to NL (clearing the LVB of an EX lock) and unlock; the error, if any."""
         try:
             if held.mode == Mode.EX:
                 self.backend.convert(held.lkid, Mode.NL, LockFlags.VALBLK, EMPTY_LVB)
@@ -198,6 +280,12 @@ class Locker:
                 self.backend.convert(held.lkid, Mode.NL, LockFlags.NONE)
             self.backend.unlock(held.lkid)
         except BackendError as err:
+            return err
+        return None
+
+    def _release_one(self, held: HeldLock) -> None:
+        err = self._unlock(held)
+        if err is not None:
             log.error(
                 "%s:%s release %s for %s failed: %s; the lock may stay granted until "
                 "virtdlmd restarts and purges it",

@@ -12,13 +12,14 @@ from collections.abc import Mapping
 
 from .backends.base import Mode
 from .config import Config
-from .errors import PolicyError, Timeout
+from .deadline import Deadline
+from .errors import PolicyError
 from .identity import disk_identities, disk_resource_name, lease_resource_name
 from .locker import Want
 from .owners import HeldLock
 from .protocol import DiskSpec, LeaseSpec, ResourceSpec
 
-IDENTITY_TIMEOUT_S = 10.0
+IDENTITY_TIMEOUT_S = 5.0  # a part of the request's deadline (virtdlm.deadline)
 
 
 def lease_label(lease: LeaseSpec) -> str:
@@ -37,7 +38,9 @@ def check_policy(config: Config, resources: tuple[ResourceSpec, ...]) -> None:
         )
 
 
-async def wants(config: Config, resources: tuple[ResourceSpec, ...]) -> list[Want]:
+async def wants(
+    config: Config, resources: tuple[ResourceSpec, ...], deadline: Deadline
+) -> list[Want]:
     """Map resources to the locks they need (readonly disks need none)."""
     found: list[Want] = []
     disks = [
@@ -49,13 +52,14 @@ async def wants(config: Config, resources: tuple[ResourceSpec, ...]) -> list[Wan
     if disks:
         loop = asyncio.get_running_loop()
         paths = [d.path for d in disks]
+        limit_s = min(IDENTITY_TIMEOUT_S, deadline.left())
         try:
-            async with asyncio.timeout(IDENTITY_TIMEOUT_S):
+            async with asyncio.timeout(limit_s):
                 idents = await loop.run_in_executor(None, disk_identities, paths)
         except TimeoutError as err:
-            raise Timeout(
-                f"disks {', '.join(paths)}: resolving their identity took over "
-                f"{IDENTITY_TIMEOUT_S:.0f} s (hung storage?)"
+            raise deadline.expired(
+                f"resolving the identity of disks {', '.join(paths)} did not finish in "
+                f"{limit_s:.3g} s (hung storage?)"
             ) from err
     for d, ident in zip(disks, idents, strict=True):
         mode = Mode.PR if d.shared else Mode.EX
@@ -68,7 +72,10 @@ async def wants(config: Config, resources: tuple[ResourceSpec, ...]) -> list[Wan
 
 
 async def release_names(
-    config: Config, held: Mapping[str, HeldLock], resources: tuple[ResourceSpec, ...]
+    config: Config,
+    held: Mapping[str, HeldLock],
+    resources: tuple[ResourceSpec, ...],
+    deadline: Deadline,
 ) -> list[str] | None:
     """The held resources a release names: by the path libvirt gave at acquire, else by
     identity (another path to the same image). None = everything."""
@@ -82,5 +89,5 @@ async def release_names(
             names.add(by_label[label])
         else:
             unknown.append(r)
-    names.update(w.resource for w in await wants(config, tuple(unknown)))
+    names.update(w.resource for w in await wants(config, tuple(unknown), deadline))
     return sorted(names)

@@ -8,7 +8,10 @@ orphaned locks purged. Once the daemon stops, the registry is frozen: nobody is 
 every lock outlives the daemon.
 
 What an owner holds is the locker's record (``Locker.held_by``); the registry keeps only
-the owners themselves. Every call that changes locks runs under the daemon's decision lock.
+the owners themselves. Requests change owners under the daemon's decision lock; retiring
+one needs no lock and no wait: it is one step on the event loop that forgets the owner and
+queues the release of its locks on the worker, behind every call queued before it (an
+acquire still pending for that owner then keeps nothing: virtdlm.locker).
 """
 
 from __future__ import annotations
@@ -29,15 +32,11 @@ log = logging.getLogger(__name__)
 
 
 class OwnerRegistry:
-    def __init__(
-        self, locker: Locker, store: StateStore, worker: Worker, decide: asyncio.Lock
-    ) -> None:
+    def __init__(self, locker: Locker, store: StateStore, worker: Worker) -> None:
         self._locker = locker
         self._store = store
         self._worker = worker
-        self._decide = decide
         self._owners: dict[OwnerKey, Owner] = {}
-        self._tasks: set[asyncio.Task[None]] = set()
         self.frozen = False
 
     def __len__(self) -> int:
@@ -47,7 +46,9 @@ class OwnerRegistry:
         return iter(list(self._owners.values()))
 
     def save(self, owner: Owner) -> None:
-        """Record in the state directory what the owner holds now."""
+        """Record in the state directory what the owner holds now (a retired owner: nothing)."""
+        if owner.gone:
+            return
         self._store.save(owner, self._locker.held_by(owner).values())
 
     # -- restart recovery ----------------------------------------------------------------
@@ -81,13 +82,13 @@ class OwnerRegistry:
 
     # -- owners ---------------------------------------------------------------------------
 
-    async def owner_for(self, spec: OwnerSpec, create: bool) -> Owner | None:
+    def owner_for(self, spec: OwnerSpec, create: bool) -> Owner | None:
         """The live owner for (uuid, pid); a reused pid retires the old owner first.
         The caller holds the decision lock."""
         owner = self._owners.get((spec.uuid, spec.pid))
         start = process_start_time(spec.pid)
         if owner is not None and owner.start_time != start:
-            await self.retire(owner, "pid was reused")
+            self.retire(owner, "pid was reused")
             owner = None
         if owner is not None or not create:
             return owner
@@ -99,21 +100,24 @@ class OwnerRegistry:
         log.info("owner %s registered", owner.describe())
         return owner
 
-    async def owner_gone(self, owner: Owner, why: str) -> None:
-        """QEMU exited (or its registration connection closed): retire its owner."""
-        async with self._decide:
-            await self.retire(owner, why)
-
-    async def retire(self, owner: Owner, why: str) -> None:
-        """Release everything the owner holds; the caller holds the decision lock."""
+    def retire(self, owner: Owner, why: str) -> None:
+        """QEMU exited (or its registration connection closed): forget the owner now, and
+        queue the release of everything it holds. The release waits its turn on the worker
+        for as long as the backend takes; it is never dropped."""
         if owner.gone or self.frozen:
             return
         owner.gone = True
         self._unwatch(owner)
-        count = await self._worker.run(self._locker.release, owner, None)
-        self._owners.pop(owner.key, None)
+        if self._owners.get(owner.key) is owner:
+            del self._owners[owner.key]
         self._store.forget(owner)
-        log.info("owner %s gone (%s): released %d locks", owner.describe(), why, count)
+        log.info(
+            "owner %s gone (%s): releasing its %d locks",
+            owner.describe(),
+            why,
+            len(self._locker.held_by(owner)),
+        )
+        self._worker.submit(self._locker.release, owner, None)
 
     def freeze(self) -> None:
         """The daemon stops: retire nobody from now on, stop watching; locks stay held."""
@@ -124,9 +128,7 @@ class OwnerRegistry:
     # -- watching QEMU ----------------------------------------------------------------------
 
     def _later(self, owner: Owner, why: str) -> None:
-        task = asyncio.get_running_loop().create_task(self.owner_gone(owner, why))
-        self._tasks.add(task)
-        task.add_done_callback(self._tasks.discard)
+        asyncio.get_running_loop().call_soon(self.retire, owner, why)
 
     def _watch(self, owner: Owner) -> None:
         """Watch the QEMU pid with a pidfd: readable once it exits."""
@@ -145,7 +147,7 @@ class OwnerRegistry:
     def _exited(self, owner: Owner) -> None:
         """The pidfd turned readable: QEMU exited. Stop watching, retire the owner."""
         asyncio.get_running_loop().remove_reader(owner.pidfd)
-        self._later(owner, "process exited")
+        self.retire(owner, "process exited")
 
     def _unwatch(self, owner: Owner) -> None:
         if owner.pidfd >= 0:
