@@ -38,8 +38,14 @@ _QEMU_LOCK_RE = re.compile(r'Failed to get (?:shared )?"(?:write|consistent read
 
 LOG_SIGNS: dict[str, tuple[str, ...]] = {
     LOCK_MANAGER: (RESOURCE_BUSY,),
-    QEMU_IMAGE_LOCK: ('"write" lock', '"consistent read" lock'),
-    LOCK_DAEMON_DOWN: (DAEMON_DOWN,),
+    # QEMU exits at start-up: libvirtd also says its monitor went away.
+    QEMU_IMAGE_LOCK: (
+        '"write" lock',
+        '"consistent read" lock',
+        "Unable to read from monitor: Connection reset by peer",
+    ),
+    # The pre-exec child fails: libvirtd also logs the broken start-up handshake.
+    LOCK_DAEMON_DOWN: (DAEMON_DOWN, "Child quit during startup handshake"),
 }
 
 
