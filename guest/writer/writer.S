@@ -6,14 +6,16 @@
  * <sysinfo type='fwcfg'>), a string "MODES:SLOT:ID": one mode letter per data disk in
  * BIOS order (0x81, 0x82, ...), the shareable slot as one character ('0' + slot), and the
  * writer id (up to 16 bytes, the domain's name). Then it loops forever:
- *   x  exclusive disk: write its record to LBA 0, read it back; if what comes back is not
- *      its own record, another writer wrote in between: write a collision marker to
- *      LBA 1, say "COLLISION" on COM1 and stop;
+ *   x  exclusive disk: read LBA 0; if its last write there succeeded and what it reads is
+ *      not that record, another writer wrote in between: write a collision marker to
+ *      LBA 1, say "COLLISION" on COM1 and stop; else write its new record to LBA 0;
  *   s  shareable disk: write its record to its own slot, LBA 8 + slot, never another's;
  *   r  read-only disk: read LBA 0; once per boot try a write, which must fail (a write
  *      that succeeds is reported on COM1); the failure is survived.
  * A record is 36 bytes at the start of a sector: "VDLMREC1", the 16-byte writer id,
  * a per-boot nonce (rdtsc), the loop counter, and the XOR of the eight dwords before.
+ * One loop per timer tick (hlt: about 18 a second), so that a writer costs its node little
+ * CPU under nested emulation; every write of another writer is still seen at the next loop.
  * Built with the GNU assembler and linker (make guest): .code16, linked at 0x7c00.
  */
     .code16
@@ -36,6 +38,9 @@
     .set ROTRIED, 0x980a
     .set DRIVE,   0x980b
     .set DAP,     0x9810
+    .set PREV,    0x9840          /* the record of the last loop */
+    .set WROTE,   0x9880          /* per data disk: 1 if its last record write succeeded */
+    .set MAX_DISKS, 16
     .set REC_BYTES, 36
     .set ID_BYTES, 16
     .set SHARED_BASE_LBA, 8
@@ -111,10 +116,22 @@ stage2:
     mov %eax, REC + 24
     movl $0, COUNTER
     movb $0, ROTRIED
+    mov $WROTE, %di
+    xor %al, %al
+    mov $MAX_DISKS, %cx
+    rep stosb
     mov $hello, %si
     call puts
+    jmp first_loop
 
 main_loop:
+    sti
+    hlt                           /* wait for the next timer tick */
+first_loop:
+    mov $REC, %si                 /* what the last loop wrote */
+    mov $PREV, %di
+    mov $REC_BYTES, %cx
+    rep movsb
     incl COUNTER
     mov COUNTER, %eax
     mov %eax, REC + 28
@@ -145,19 +162,29 @@ next_disk:
     jmp disk_loop
 
 exclusive:
-    xor %ax, %ax
-    mov $REC, %bx
-    call write_sector
-    jc next_disk
-    xor %ax, %ax
+    mov %bp, %bx                  /* did our last write to this disk succeed? */
+    sub $MODES, %bx
+    testb $1, WROTE(%bx)
+    jz 1f
+    xor %ax, %ax                  /* then LBA 0 must still hold it */
+    push %bx
     mov $RB, %bx
     call read_sector
-    jc next_disk
-    mov $REC, %si
+    pop %bx
+    jc 1f
+    mov $PREV, %si
     mov $RB, %di
     mov $REC_BYTES, %cx
     repe cmpsb
-    je next_disk
+    jne collided
+1:  xor %ax, %ax
+    push %bx
+    mov $REC, %bx
+    call write_sector
+    pop %bx
+    setnc WROTE(%bx)
+    jmp next_disk
+collided:
     mov $MARK, %di                /* someone else wrote: mark it and stop */
     mov $REC, %si
     mov $256, %cx
