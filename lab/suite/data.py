@@ -6,7 +6,10 @@ domains' XML; this audit looks at the disks themselves. Every running writer gue
 exclusive disk and reads it back; a writer that reads back another's record leaves a
 collision marker. So a double write shows as a collision marker or a torn record. When
 libvirt already shows two running writers of one disk (the control run), the audit waits
-for the data to show it too, so the failure carries the disk's own evidence.
+for the data to show it too, so the failure carries the disk's own evidence. Across steps
+the audit also keeps each disk's history of writers: a writer (id and boot nonce) that is
+seen again with a higher counter after another writer was seen in between advanced while
+that other one wrote too - a double write even if no writer caught it.
 """
 
 from __future__ import annotations
@@ -16,6 +19,7 @@ import time
 import xml.etree.ElementTree as ET
 from collections import defaultdict
 from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
 
 from ..guest.disks import Evidence
 from ..guest.writer import FWCFG_NAME
@@ -49,6 +53,42 @@ def writer_disks(running: Mapping[str, str]) -> dict[str, list[str]]:
             for path in rw_exclusive_disks(xml):
                 out[path].append(who)
     return dict(out)
+
+
+Writer = tuple[str, int]  # (writer id, boot nonce): one boot of one writer guest
+
+
+@dataclass
+class History:
+    """Per disk, the writers seen on it in the order they were seen, with their last counter.
+    Reset when the disks are wiped (between tests)."""
+
+    seen: dict[str, list[tuple[Writer, int]]] = field(default_factory=dict)
+
+    def note(self, evidence: list[Evidence]) -> list[str]:
+        """Add these samples; what they prove about a double write (A, then B, then A again
+        with a higher counter)."""
+        out = []
+        for e in evidence:
+            if e.record is None:
+                continue
+            who, counter = (e.record.writer, e.record.nonce), e.record.counter
+            past = self.seen.setdefault(e.path, [])
+            if past and past[-1][0] == who:
+                past[-1] = (who, counter)
+                continue
+            earlier = [c for w, c in past if w == who]
+            if earlier and counter > earlier[-1]:
+                between = sorted({w[0] for w, _ in past[past.index((who, earlier[-1])) + 1 :]})
+                out.append(
+                    f"{os.path.basename(e.path)}: writer {who[0]} went on writing (counter "
+                    f"{earlier[-1]} -> {counter}) after {', '.join(between)} wrote the disk"
+                )
+            past.append((who, counter))
+        return out
+
+    def clear(self) -> None:
+        self.seen.clear()
 
 
 def problems(evidence: list[Evidence]) -> list[str]:
@@ -93,6 +133,7 @@ def audit(
     doubles: Mapping[str, list[str]],
     after: str,
     wait_s: float = DATA_EVIDENCE_WAIT_S,
+    history: History | None = None,
 ) -> str:
     """Read the exclusive disks of the running writers; raise DataAuditFailure on a double
     write. Where libvirt shows two writers of a disk, wait up to wait_s for its data to."""
@@ -100,13 +141,13 @@ def audit(
     if not disks:
         return ""
     evidence = read(sorted(disks))
-    bad = problems(evidence)
+    bad = problems(evidence) + (history.note(evidence) if history is not None else [])
     contested = sorted(set(doubles) & set(disks))
     deadline = time.monotonic() + wait_s
     while contested and not bad and time.monotonic() < deadline:
         time.sleep(DATA_POLL_S)
         evidence = read(sorted(disks))
-        bad = problems(evidence)
+        bad = problems(evidence) + (history.note(evidence) if history is not None else [])
     summary = summarize(evidence)
     if bad:
         who = {os.path.basename(p): w for p, w in disks.items()}

@@ -97,6 +97,7 @@ class TwoNode:
     down: set[str] = field(default_factory=set)  # nodes powered off: skipped by the audits
     writer_boot: str = ""  # thesis VMs boot the writer guest from this image ("" = none)
     data_seen: list[str] = field(default_factory=list)  # the data audit's summary per step
+    history: data.History = field(default_factory=data.History)  # writers seen per disk
 
     @classmethod
     def connect(cls, nodes: dict[str, Node]) -> TwoNode:
@@ -152,7 +153,7 @@ class TwoNode:
             ):
                 running[f"{name}/{dom.name()}"] = h.call("xml", dom.XMLDesc, 0)
         doubles = double_writers(running)
-        seen = data.audit(self.read_disks, running, doubles, after)
+        seen = data.audit(self.read_disks, running, doubles, after, history=self.history)
         self.data_seen.append(seen)
         if doubles:
             raise AuditFailure(f"two running domains write one disk after {after}: {doubles}")
@@ -168,6 +169,7 @@ class TwoNode:
         """Zero what writers left on these disks; no domain may have them open."""
         node = next(n for n in NODES if n not in self.down)
         self.nodes[node].check(on_node.command("wipe-disks", *paths), QUERY_TIMEOUT_S)
+        self.history.clear()
 
     # -- libvirt steps --------------------------------------------------------------------
 

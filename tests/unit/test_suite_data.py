@@ -109,3 +109,26 @@ def test_qcow2_map_gives_the_file_offset_of_guest_offset_0() -> None:
     never = '[{"start": 0, "length": 67108864, "depth": 0, "present": false, "zero": true,'
     never += ' "data": false}]'
     assert qcow2_data_offset(never) is None
+
+
+def test_history_catches_a_writer_that_went_on_after_another_wrote() -> None:
+    history = data.History()
+    a1, b, a2 = rec("vm-1", 40, nonce=1), rec("vm-2", 3, nonce=2), rec("vm-1", 55, nonce=1)
+    assert history.note([Evidence(ONE, a1, None)]) == []
+    assert history.note([Evidence(ONE, rec("vm-1", 47, nonce=1), None)]) == []  # one writer
+    assert history.note([Evidence(ONE, b, None)]) == []  # a handover: vm-1 may have stopped
+    found = history.note([Evidence(ONE, a2, None)])
+    assert found and "vm-1 went on writing (counter 47 -> 55) after vm-2 wrote" in found[0]
+
+
+def test_history_allows_handovers_and_reboots() -> None:
+    history = data.History()
+    samples = [
+        rec("vm-1", 40, nonce=1),
+        rec("vm-2", 3, nonce=2),  # vm-1 destroyed, vm-2 took the disk
+        rec("vm-1", 5, nonce=3),  # vm-1 started again: a new boot, a new nonce
+    ]
+    for r in samples:
+        assert history.note([Evidence(ONE, r, None)]) == []
+    history.clear()
+    assert history.seen == {}

@@ -25,6 +25,7 @@ pytestmark = pytest.mark.timeout(CASE_TIMEOUT_S)  # a case: a handful of deadlin
 TABLE = "lifecycle across nodes (NFS)"
 # The nodes' journals (lab.suite.journal): a test that expects refusals allows their lines.
 ALLOW_REFUSALS = pytest.mark.allow_log(*log_signs(LOCK_MANAGER))
+WRITER_START_S = 60.0  # a writer guest boots and writes its disk (nested TCG)
 
 
 @pytest.fixture
@@ -49,6 +50,22 @@ def check(record: Record, request: pytest.FixtureRequest):  # type: ignore[no-un
     return _check
 
 
+def writer_on(tn: TwoNode, spec: DomainSpec) -> tuple[str, int, int] | None:
+    """(writer, nonce, counter) on the domain's first disk, if it is a writer guest that
+    wrote it; None for firmware-only domains (--no-writers)."""
+    if not spec.writer_boot:
+        return None
+    wait_for(
+        lambda: tn.read_disks([spec.disks[0].path])[0].record is not None,
+        WRITER_START_S,
+        0.5,
+        f"{spec.name} to write {spec.disks[0].path}",
+    )
+    record = tn.read_disks([spec.disks[0].path])[0].record
+    assert record is not None
+    return record.writer, record.nonce, record.counter
+
+
 def vm1_holds(tn: TwoNode, node: str, vms: dict[str, DomainSpec]) -> bool:
     disk, share = (d.path for d in vms["vm-1"].disks)
     return {(p, m) for d, p, m in tn.held(node) if d == "vm-1"} == {(disk, "EX"), (share, "PR")}
@@ -59,8 +76,14 @@ def test_migrate_back_and_forth_then_a_conflicting_start_is_refused_on_each_side
     tn: TwoNode, vms: dict[str, DomainSpec], check
 ) -> None:
     check(tn.start(NODE_A, vms["vm-1"]))
+    before = writer_on(tn, vms["vm-1"])
     check(tn.migrate("vm-1", NODE_A, NODE_B))
     check(tn.start(NODE_A, vms["vm-2"]), LOCK_MANAGER, "vm-1@node-b")
+    after = writer_on(tn, vms["vm-1"])
+    if before is not None:  # a migrated writer keeps its id and boot, and goes on counting
+        assert after is not None and after[:2] == before[:2] and after[2] >= before[2], (
+            f"vm-1's record on its disk before/after the migration: {before} / {after}"
+        )
     check(tn.migrate("vm-1", NODE_B, NODE_A))
     assert vm1_holds(tn, NODE_A, vms) and tn.held(NODE_B) == set()
     check(tn.start(NODE_B, vms["vm-2"]), LOCK_MANAGER, "vm-1@node-a")
