@@ -101,9 +101,15 @@ def _file_offset(path: str) -> int | None:
     return qcow2_data_offset(out.stdout)
 
 
-def read_head(path: str) -> bytes:
-    """The first READ_BYTES the guest sees on this disk, read past every cache."""
-    offset = _file_offset(path)
+def read_head(path: str, offsets: dict[str, int] | None = None) -> bytes:
+    """The first READ_BYTES the guest sees on this disk, read past every cache. `offsets`
+    remembers where a qcow2 image keeps them once written (a long-lived reader's cache:
+    that cluster does not move until the image is wiped)."""
+    offset = offsets.get(path) if offsets is not None else None
+    if offset is None:
+        offset = _file_offset(path)
+        if offset is not None and offsets is not None and path.endswith(".qcow2"):
+            offsets[path] = offset
     if offset is None:
         return bytes(READ_BYTES)
     buf = mmap.mmap(-1, READ_BYTES)  # page-aligned, as O_DIRECT wants
@@ -120,8 +126,8 @@ def read_head(path: str) -> bytes:
         buf.close()
 
 
-def evidence(path: str) -> Evidence:
-    head = read_head(path)
+def evidence(path: str, offsets: dict[str, int] | None = None) -> Evidence:
+    head = read_head(path, offsets)
     sector = slice(RECORD_LBA * SECTOR_BYTES, (RECORD_LBA + 1) * SECTOR_BYTES)
     marker = slice(COLLISION_LBA * SECTOR_BYTES, (COLLISION_LBA + 1) * SECTOR_BYTES)
     return Evidence(path, parse_record(head[sector]), parse_collision(head[marker]))

@@ -28,6 +28,7 @@ from ..command import CommandFailed, CommandTimeout, Result
 from ..wait import LabError, WaitTimeout, bounded_call
 
 DEFAULT_TIMEOUT_S = 60.0
+MAX_STDERR_BYTES = 4096  # of a session program that ended, for the error
 CONNECT_TIMEOUT_S = 15
 PUT_TIMEOUT_S = 300.0
 GRACE_S = 5.0  # the local deadline waits this much longer than the remote `timeout`
@@ -136,6 +137,57 @@ class DeadlineBackend(Deadlines, ParamikoBackend):
             client.close()
 
 
+class Session:
+    """A long-lived program on a node, asked one line at a time over one SSH channel: a
+    question costs one round trip, not an SSH command and a program start. Every answer
+    has a deadline; on any failure the channel is closed and the next ask opens a new one."""
+
+    def __init__(self, node: Node, command: str, timeout_s: float = DEFAULT_TIMEOUT_S) -> None:
+        self.node = node
+        self.command = command
+        self.timeout_s = timeout_s
+        self._chan: paramiko.Channel | None = None
+        self._lines: Any = None
+
+    def _open(self) -> paramiko.Channel:
+        backend = self.node.host.backend
+        if not isinstance(backend, DeadlineBackend):
+            raise LabError(f"[{self.node.name}] {self.command}: not reached over SSH")
+        transport = backend.ssh_client().get_transport()
+        if transport is None or not transport.is_active():
+            backend.close()
+            transport = backend.ssh_client().get_transport()
+            assert transport is not None
+        chan = transport.open_session(timeout=CONNECT_TIMEOUT_S)
+        chan.settimeout(self.timeout_s)
+        chan.exec_command(f"sudo -n {self.command}")
+        self._chan, self._lines = chan, chan.makefile("rb")
+        return chan
+
+    def ask(self, line: str) -> str:
+        """Send one line, return the one line that answers it."""
+        chan = self._chan if self._chan is not None and not self._chan.closed else self._open()
+        try:
+            chan.sendall(line.encode() + b"\n")
+            answer = self._lines.readline()
+        except TimeoutError as err:
+            self.close()
+            raise CommandTimeout(self.node.name, [self.command, line], self.timeout_s, "") from err
+        except (OSError, EOFError, paramiko.SSHException) as err:
+            self.close()
+            raise LabError(f"[{self.node.name}] {self.command}: ssh failed: {err}") from err
+        if not answer.endswith(b"\n"):
+            stderr = chan.recv_stderr(MAX_STDERR_BYTES).decode(errors="replace").strip()
+            self.close()
+            raise LabError(f"[{self.node.name}] {self.command} ended: {stderr or 'no answer'}")
+        return str(answer.decode(errors="replace").rstrip("\n"))
+
+    def close(self) -> None:
+        if self._chan is not None:
+            self._chan.close()
+        self._chan = self._lines = None
+
+
 class Node:
     def __init__(self, name: str, ssh: SshConfig, host: testinfra.host.Host) -> None:
         self.name = name
@@ -191,6 +243,10 @@ class Node:
         except (OSError, EOFError, paramiko.SSHException) as err:
             backend.close()
             raise LabError(f"{what}: ssh failed: {err}") from err
+
+    def session(self, command: str, timeout_s: float = DEFAULT_TIMEOUT_S) -> Session:
+        """A long-lived `command` (as root) asked one line at a time (Session)."""
+        return Session(self, command, timeout_s)
 
     def close(self) -> None:
         if isinstance(self.host.backend, Deadlines):

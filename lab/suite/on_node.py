@@ -8,6 +8,9 @@
         one JSON line: the writer guests' record and collision marker on each disk
     python3 -m lab.suite.on_node wipe-disks PATH...
         zero what writer guests left on these disks (no domain may have them open)
+    python3 -m lab.suite.on_node serve-disks
+        the same two, asked as lines "read PATH..." / "wipe PATH..." on stdin, one JSON
+        line each in answer, until stdin ends (the suite keeps one per node)
 
 Provisioning (lab/nodes/provisioning.py) copies this tree to NODE_TREE in each node; there
 it runs with the node's own python3 and the tree's virtdlm, so it imports only the standard
@@ -120,6 +123,27 @@ def wipe_disks(paths: Iterable[str]) -> str:
     return "wiped"
 
 
+def serve_disks(lines: Iterable[str], out: Any) -> None:
+    """Answer "read PATH..." and "wipe PATH..." one line each until stdin ends: the suite
+    reads the disks after every step through one SSH channel (lab.nodes.node.Session)."""
+    offsets: dict[str, int] = {}
+    for line in lines:
+        verb, *paths = line.split()
+        try:
+            if verb == "read" and paths:
+                answer = json.dumps([disks.evidence(p, offsets).to_json() for p in paths])
+            elif verb == "wipe" and paths:
+                for path in paths:
+                    offsets.pop(path, None)
+                answer = json.dumps(wipe_disks(paths))
+            else:
+                answer = json.dumps({"error": f"not understood: {line.strip()!r}"})
+        except (LabError, OSError) as err:
+            answer = json.dumps({"error": str(err)})
+        out.write(answer + "\n")
+        out.flush()
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog=f"python3 -m {__spec__.name if __spec__ else 'on_node'}")
     sub = parser.add_subparsers(dest="command", required=True)
@@ -131,12 +155,16 @@ def main(argv: list[str] | None = None) -> int:
     read.add_argument("paths", nargs="+")
     wipe = sub.add_parser("wipe-disks", help="zero what writer guests left (nobody may run)")
     wipe.add_argument("paths", nargs="+")
+    sub.add_parser("serve-disks", help="answer read/wipe lines on stdin, one JSON line each")
     args = parser.parse_args(argv)
     try:
         if args.command == "kill-qemu":
             out = f"{kill_qemu(args.vm, args.socket or default_socket(), args.watch_s):.3f}"
         elif args.command == "read-disks":
             out = read_disks(args.paths)
+        elif args.command == "serve-disks":
+            serve_disks(sys.stdin, sys.stdout)
+            return 0
         else:
             out = wipe_disks(args.paths)
     except (LabError, VirtDlmError, OSError) as err:

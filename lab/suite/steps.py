@@ -22,7 +22,7 @@ import libvirt
 
 from ..cluster import NODES
 from ..guest.disks import Evidence, evidence_from_json
-from ..nodes.node import Node
+from ..nodes.node import Node, Session
 from ..virt.domain import DomainSpec, domain_xml
 from ..virt.hypervisor import Hypervisor, LibvirtFailure
 from ..virt.refusal import OK, Refusal
@@ -98,6 +98,7 @@ class TwoNode:
     writer_boot: str = ""  # thesis VMs boot the writer guest from this image ("" = none)
     data_seen: list[str] = field(default_factory=list)  # the data audit's summary per step
     history: data.History = field(default_factory=data.History)  # writers seen per disk
+    disk_readers: dict[str, Session] = field(default_factory=dict)  # per node: serve-disks
 
     @classmethod
     def connect(cls, nodes: dict[str, Node]) -> TwoNode:
@@ -106,6 +107,8 @@ class TwoNode:
         return cls(nodes, hv)
 
     def close(self) -> None:
+        for reader in self.disk_readers.values():
+            reader.close()
         for h in self.hv.values():
             with contextlib.suppress(LabError, libvirt.libvirtError):
                 h.close()
@@ -159,16 +162,24 @@ class TwoNode:
             raise AuditFailure(f"two running domains write one disk after {after}: {doubles}")
         return seen
 
+    def _disks(self, verb: str, paths: Iterable[str]) -> Any:
+        """Ask a node that is up (its long-lived on-node disk reader) to read or wipe."""
+        node = next(n for n in NODES if n not in self.down)
+        if node not in self.disk_readers:
+            command = on_node.command("serve-disks")
+            self.disk_readers[node] = self.nodes[node].session(command, QUERY_TIMEOUT_S)
+        answer = json.loads(self.disk_readers[node].ask(" ".join([verb, *paths])))
+        if isinstance(answer, dict) and "error" in answer:
+            raise LabError(f"[{node}] {verb} {' '.join(paths)}: {answer['error']}")
+        return answer
+
     def read_disks(self, paths: list[str]) -> list[Evidence]:
         """What the writer guests left on these disks, read on a node that is up."""
-        node = next(n for n in NODES if n not in self.down)
-        out = self.nodes[node].check(on_node.command("read-disks", *paths), QUERY_TIMEOUT_S)
-        return [evidence_from_json(e) for e in json.loads(out.stdout.strip().splitlines()[-1])]
+        return [evidence_from_json(e) for e in self._disks("read", paths)]
 
     def wipe_disks(self, paths: Iterable[str]) -> None:
         """Zero what writers left on these disks; no domain may have them open."""
-        node = next(n for n in NODES if n not in self.down)
-        self.nodes[node].check(on_node.command("wipe-disks", *paths), QUERY_TIMEOUT_S)
+        self._disks("wipe", paths)
         self.history.clear()
 
     # -- libvirt steps --------------------------------------------------------------------

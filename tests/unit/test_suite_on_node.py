@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
+import io
+import json
 import os
 import sys
+from pathlib import Path
 
 import pytest
 
@@ -116,3 +119,17 @@ def test_the_module_needs_nothing_the_nodes_lack() -> None:
     env = {"PYTHONPATH": f"{ROOT}/plugin:{ROOT}", "PATH": os.environ.get("PATH", "")}
     result = run([sys.executable, "-c", probe], timeout_s=30, env=env, cwd=ROOT)
     assert result.ok, result.describe()
+
+
+def test_the_disk_reader_answers_each_line_and_survives_a_bad_one(tmp_path: Path) -> None:
+    disk = tmp_path / "x.raw"
+    disk.write_bytes(b"VDLMREC1" + b"\0" * 4088)
+    lines = [f"read {disk}", "nonsense", f"read {tmp_path}/missing.raw", f"wipe {disk}"]
+    out = io.StringIO()
+    on_node.serve_disks(iter(lines), out)
+    answers = [json.loads(a) for a in out.getvalue().splitlines()]
+    assert len(answers) == 4
+    assert answers[0][0]["path"] == str(disk) and answers[0][0]["collision"] is None
+    assert "not understood" in answers[1]["error"]
+    assert "No such file" in answers[2]["error"]
+    assert answers[3] == "wiped" and disk.read_bytes()[:8] == b"\0" * 8
