@@ -9,6 +9,8 @@ Knobs (environment): VDL_FUZZ_EXAMPLES (examples per property, default 100) and
 VDL_FUZZ_SANITIZE (-fsanitize= list for the test build, default "undefined"; with "address"
 run pytest under LD_PRELOAD=$(cc -print-file-name=libasan.so) and
 ASAN_OPTIONS=detect_leaks=0:log_path=/tmp/vdl-asan, since pytest's capture swallows the report).
+Over ~400 lines because the Python mirrors of the writer's escaping and of the reply grammar
+live beside the properties that compare with them.
 """
 
 from __future__ import annotations
