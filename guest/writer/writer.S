@@ -14,12 +14,14 @@
  *      that succeeds is reported on COM1); the failure is survived.
  * A record is 36 bytes at the start of a sector: "VDLMREC1", the 16-byte writer id,
  * a per-boot nonce (rdtsc), the loop counter, and the XOR of the eight dwords before.
- * One loop per timer tick (hlt: about 18 a second), so that a writer costs its node little
- * CPU under nested emulation; every write of another writer is still seen at the next loop.
+ * One loop every TICKS_PER_LOOP timer ticks (hlt; the BIOS timer ticks 18.2 times a second),
+ * so that a writer costs its node little under nested emulation; every write of another
+ * writer is still seen at the next loop.
  * Built with the GNU assembler and linker (make guest): .code16, linked at 0x7c00.
  */
     .code16
     .set LOAD_SECTORS, 3          /* sectors after the boot sector */
+    .set TICKS_PER_LOOP, 4        /* about 4.5 loops a second */
     .set FWCFG_SEL,  0x510
     .set FWCFG_DATA, 0x511
     .set FWCFG_SIG,  0x0000
@@ -126,7 +128,9 @@ stage2:
 
 main_loop:
     sti
-    hlt                           /* wait for the next timer tick */
+    mov $TICKS_PER_LOOP, %cx
+1:  hlt                           /* wait for the next timer tick */
+    loop 1b
 first_loop:
     mov $REC, %si                 /* what the last loop wrote */
     mov $PREV, %di
