@@ -4,7 +4,8 @@ A record must be read as the other node wrote it: NFS's close-to-open caching an
 buffer cache could show an old sector, so raw images and block devices are read with
 O_DIRECT (into a page-aligned buffer), and a qcow2 image is first mapped (`qemu-img map`:
 where guest offset 0 lives in the file) and then read the same way. Runs on a node (the
-suite's on-node program) or on this host (the local tier); only the standard library.
+suite's on-node program) or on this host (the local tier); it needs only the standard
+library, lab.command and lab.wait (and virtdlm, which lab.command imports).
 """
 
 from __future__ import annotations
@@ -12,9 +13,9 @@ from __future__ import annotations
 import json
 import mmap
 import os
-import subprocess
 from dataclasses import dataclass
 
+from ..command import run
 from ..wait import LabError
 from .writer import (
     COLLISION_LBA,
@@ -83,22 +84,25 @@ def qcow2_data_offset(text: str, guest_offset: int = 0) -> int | None:
     return None
 
 
+def _image_tool(argv: list[str], path: str) -> str:
+    """Run a QEMU image tool on `path` through the lab's one command wrapper (deadline,
+    process group); its stdout, or DiskReadError in the tool's own words."""
+    try:
+        result = run(argv, QEMU_IMG_TIMEOUT_S)
+    except LabError as err:
+        raise DiskReadError(f"{path}: {argv[0]}: {err}") from err
+    if not result.ok:
+        said = (result.stderr or result.stdout).strip()
+        raise DiskReadError(f"{path}: {argv[0]} failed (rc {result.rc}): {said}")
+    return result.stdout
+
+
 def _file_offset(path: str) -> int | None:
     if not path.endswith(".qcow2"):
         return 0
-    try:
-        out = subprocess.run(
-            ["qemu-img", "map", "--output=json", "-U", "-f", "qcow2", path],
-            capture_output=True,
-            text=True,
-            timeout=QEMU_IMG_TIMEOUT_S,
-            check=False,
-        )
-    except (OSError, subprocess.TimeoutExpired) as err:
-        raise DiskReadError(f"{path}: qemu-img map: {err}") from err
-    if out.returncode != 0:
-        raise DiskReadError(f"{path}: qemu-img map: {out.stderr.strip()}")
-    return qcow2_data_offset(out.stdout)
+    return qcow2_data_offset(
+        _image_tool(["qemu-img", "map", "--output=json", "-U", "-f", "qcow2", path], path)
+    )
 
 
 def read_head(path: str, offsets: dict[str, int] | None = None) -> bytes:
@@ -136,15 +140,10 @@ def evidence(path: str, offsets: dict[str, int] | None = None) -> Evidence:
 def wipe(path: str) -> None:
     """Zero what writers leave (records, marker, slots); nobody may have the disk open."""
     if path.endswith(".qcow2"):
-        cmd = ["qemu-io", "-f", "qcow2", "-c", f"write -z 0 {WIPE_BYTES}", path]
         try:
-            out = subprocess.run(
-                cmd, capture_output=True, text=True, timeout=QEMU_IMG_TIMEOUT_S, check=False
-            )
-        except (OSError, subprocess.TimeoutExpired) as err:
-            raise DiskReadError(f"{path}: qemu-io: {err}") from err
-        if out.returncode != 0:
-            raise DiskReadError(f"{path}: qemu-io: {(out.stderr or out.stdout).strip()}")
+            _image_tool(["qemu-io", "-f", "qcow2", "-c", f"write -z 0 {WIPE_BYTES}", path], path)
+        except DiskReadError as err:
+            raise DiskReadError(f"{err} (is a domain still using the disk?)") from err
         return
     buf = mmap.mmap(-1, WIPE_BYTES)
     try:

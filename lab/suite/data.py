@@ -14,8 +14,8 @@ that other one wrote too - a double write even if no writer caught it.
 
 from __future__ import annotations
 
+import contextlib
 import os
-import time
 import xml.etree.ElementTree as ET
 from collections import defaultdict
 from collections.abc import Callable, Mapping
@@ -23,6 +23,7 @@ from dataclasses import dataclass, field
 
 from ..guest.disks import Evidence
 from ..guest.writer import FWCFG_NAME
+from ..wait import WaitTimeout, wait_for
 from .audit import AuditFailure, rw_exclusive_disks
 
 DATA_EVIDENCE_WAIT_S = 60.0  # for a second writer to boot and collide (nested TCG)
@@ -140,14 +141,20 @@ def audit(
     disks = writer_disks(running)
     if not disks:
         return ""
-    evidence = read(sorted(disks))
-    bad = problems(evidence) + (history.note(evidence) if history is not None else [])
-    contested = sorted(set(doubles) & set(disks))
-    deadline = time.monotonic() + wait_s
-    while contested and not bad and time.monotonic() < deadline:
-        time.sleep(DATA_POLL_S)
+    evidence: list[Evidence] = []
+    bad: list[str] = []
+
+    def sample() -> bool:
+        nonlocal evidence, bad
         evidence = read(sorted(disks))
         bad = problems(evidence) + (history.note(evidence) if history is not None else [])
+        return bool(bad)
+
+    contested = sorted(set(doubles) & set(disks))
+    if not sample() and contested:
+        # libvirt shows two writers of these disks: give the data time to show it too
+        with contextlib.suppress(WaitTimeout):
+            wait_for(sample, wait_s, DATA_POLL_S, f"the data on {contested} to show it")
     summary = summarize(evidence)
     if bad:
         who = {os.path.basename(p): w for p, w in disks.items()}
