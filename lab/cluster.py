@@ -23,7 +23,7 @@ from typing import Any
 
 from . import settings as lab_settings
 from .command import check
-from .host import access, libvirtd
+from .host import access, fencing, libvirtd
 from .host import box as boxes
 from .host.accel import kvm_works
 from .host.libvirtd import HOST_URI
@@ -33,7 +33,7 @@ from .nodes.health import Check, format_table, run_checks
 from .nodes.machines import NODES, Machines, orphans
 from .nodes.node import Node
 from .nodes.vagrant import Vagrant, VagrantError
-from .wait import LabError
+from .wait import LabError, wait_for
 
 __all__ = ["HOST_URI", "NODES", "Lab", "main"]
 
@@ -42,6 +42,7 @@ LAB_DIR = lab_settings.LAB_DIR
 LOG_DIR = os.path.join(LAB_DIR, "logs")
 SSH_DIR = os.path.join(LAB_DIR, "ssh")
 HOST_PACKAGES_TIMEOUT_S = 1800.0
+BOOT_TIMEOUT_S = float(lab_settings.BOOT_TIMEOUT_S)
 
 
 def say(line: str) -> None:
@@ -138,9 +139,68 @@ class Lab:
     def nodes_up(self) -> None:
         self.nodes.up(on_retry=lambda why: say(f"    {why}: boot or network timeout, retrying"))
 
-    def provision(self, phase: str, suffix: str = "") -> None:
-        for line in provisioning.provision(self.nodes.all().values(), phase, suffix):
+    def provision(self, phase: str, suffix: str = "", names: tuple[str, ...] = NODES) -> list[str]:
+        shown = provisioning.provision([self.node(n) for n in names], phase, suffix)
+        for line in shown:
             say(f"    {line}")
+        return shown
+
+    def provision_base(self) -> None:
+        """The cluster phase; nodes whose running DLM cannot take a new dlm.conf (a
+        lockspace exists, so dlm_controld cannot restart) are power-cycled, then done again."""
+        if provisioning.restart_needed(self.provision("base")):
+            self.power_cycle()
+            self.provision("base")
+
+    def set_fencing(self, on: bool) -> bool:
+        """dlm.conf with or without fencing on both nodes, now (the partition control run;
+        make lab puts back the setting). Whether the nodes were power-cycled for it."""
+        if provisioning.restart_needed(self.provision("fencing", suffix=str(on))):
+            self.power_cycle()
+            return True
+        return False
+
+    def power_cycle(self, names: tuple[str, ...] = NODES) -> None:
+        """Power nodes off and on through the host's libvirt, and wait until each answers
+        over SSH again. All of them off first: a node that stayed up with fencing on would
+        fence (power off) the other one while it boots."""
+        prefix = lab_settings.lab_prefix()
+        say(f"    power-cycling {', '.join(names)}")
+        with HostObjects() as host:
+            for name in names:
+                if host.is_running(prefix + name):
+                    host.power_off(prefix + name)
+            for name in names:
+                host.power_on(prefix + name)
+        for name in names:
+            self.node(name).close()  # its SSH session died with it
+            wait_for(
+                lambda n=name: self.node(n).run("true", timeout_s=10).ok,  # type: ignore[misc]
+                BOOT_TIMEOUT_S,
+                5.0,
+                f"{name} to answer over SSH after its power cycle",
+            )
+
+    @step("fencing (fence_virtd on the host)")
+    def fencing(self) -> None:
+        """fence_virtd for this checkout's nodes, on the management bridge only; or, with
+        fencing: false, none (one left from before is stopped)."""
+        if not self.settings["fencing"]:
+            if fencing.stop(self.who) is not None:
+                say("    stopped fence_virtd: fencing: false")
+            say("    fencing: false: the lab is UNSAFE under a network partition")
+            return
+        prefix = lab_settings.lab_prefix()
+        with HostObjects() as host:
+            members = [
+                fencing.Member(prefix + n, host.uuid(prefix + n), self.node(n).ssh.host)
+                for n in NODES
+            ]
+        address = fencing.bridge_address(str(self.settings["management_subnet"]))
+        text = fencing.conf_text(
+            address, fencing.FENCE_PORT, fencing.key_file(), prefix.rstrip("-"), members
+        )
+        say(f"    {fencing.ensure(self.who, address, fencing.FENCE_PORT, text)}")
 
     @step("copy the tree into the nodes")
     def upload(self) -> None:
@@ -151,12 +211,13 @@ class Lab:
         digest = provisioning.tree_digest()
         if all(provisioning.provisioned_from(n) == digest for n in self.nodes.all().values()):
             say("==> nodes already provisioned from this tree and these settings")
-            # An interrupted control run may have left libvirtd on "nop": put back the
-            # setting (a no-op that restarts nothing when it is in place).
+            # An interrupted control run may have left libvirtd on "nop", or the DLM
+            # without fencing: put back the settings (no-ops when they are in place).
             self.provision("lock-manager", suffix=str(self.settings["lock_manager"]))
+            self.set_fencing(bool(self.settings["fencing"]))
             return
         self.upload()
-        step("provision: cluster")(self.provision)("base")
+        step("provision: cluster")(self.provision_base)()
         step("provision: storage")(self.provision)("storage")
         step("provision: plugin")(self.provision)("plugin")
         for node in self.nodes.all().values():
@@ -187,6 +248,7 @@ class Lab:
         self.clear_own_orphans(values["prefix"])
         try:
             self.nodes_up()
+            self.fencing()
             self.provision_nodes()
         except LabError:
             self.collect_logs()
@@ -205,9 +267,20 @@ class Lab:
             return False
 
     def status(self) -> bool:
-        checks: list[Check] = run_checks(self.nodes.all(), self.settings)
+        checks: list[Check] = [self.fence_daemon_check()]
+        checks += run_checks(self.nodes.all(), self.settings)
         print(format_table(checks))
         return all(c.ok for c in checks)
+
+    def fence_daemon_check(self) -> Check:
+        name = "fence_virtd on the management bridge"
+        if not self.settings["fencing"]:
+            return Check(name, "host", True, "not running: fencing: false (UNSAFE under a split)")
+        pid = fencing.running_pid()
+        address = fencing.bridge_address(str(self.settings["management_subnet"]))
+        ok = pid is not None and fencing.listening(address, fencing.FENCE_PORT)
+        detail = f"pid {pid}, {address}:{fencing.FENCE_PORT}" if ok else "not running: make lab"
+        return Check(name, "host", ok, detail)
 
     def collect_logs(self) -> None:
         for name, why in self.nodes.collect_journals(LOG_DIR).items():
@@ -221,6 +294,9 @@ class Lab:
             except VagrantError as err:  # what it left is removed through libvirt below
                 say(f"vagrant destroy failed; removing the nodes through libvirt: {err}")
         self.nodes.close()
+        stopped = fencing.stop(self.who)
+        if stopped is not None:
+            say(f"stopped fence_virtd (pid {stopped})")
         with HostObjects() as host:
             for what in host.remove_lab(lab_settings.lab_prefix()):
                 say(f"removed {what}")

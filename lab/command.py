@@ -118,6 +118,26 @@ def check(
     return result
 
 
+def spawn(argv: Sequence[str], log_path: str) -> int:
+    """Start a daemon that must outlive this process (in its own session, its output
+    appended to `log_path` after a line naming the command); its pid. The caller watches
+    it by its pid file and stops it by pid."""
+    with open(log_path, "ab") as log:
+        log.write(f"--- {time.strftime('%F %T')} {shlex.join(argv)}\n".encode())
+        log.flush()
+        try:
+            proc = subprocess.Popen(
+                list(argv),
+                stdin=subprocess.DEVNULL,
+                stdout=log,
+                stderr=log,
+                start_new_session=True,
+            )
+        except OSError as exc:
+            raise CommandNotStarted(f"[host] {shlex.join(argv)}: cannot start it: {exc}") from exc
+    return proc.pid
+
+
 def alive(pid: int) -> bool:
     """Running, not a zombie: the same test virtdlmd uses for its owners."""
     return process_start_time(pid) is not None

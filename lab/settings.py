@@ -77,6 +77,8 @@ def lab_prefix(repo: str = REPO) -> str:
 
 
 def vagrant_settings(settings: dict[str, Any], box_dir: str, domain_type: str) -> dict[str, Any]:
+    from .host import fencing  # the fencing facts live there; it imports this module
+
     prefix = lab_prefix()
     return {
         **settings,
@@ -89,6 +91,12 @@ def vagrant_settings(settings: dict[str, Any], box_dir: str, domain_type: str) -
         "log_dir": os.path.join(LAB_DIR, "logs"),
         "boot_timeout_s": BOOT_TIMEOUT_S,
         "writer_boot_image": WRITER_BOOT_IMAGE,
+        # read by node.sh for dlm.conf's fence device
+        "fence_address": fencing.bridge_address(str(settings["management_subnet"])),
+        "fence_port": fencing.FENCE_PORT,
+        "fence_key_file": fencing.NODE_KEY_FILE,
+        "fence_timeout_s": fencing.AGENT_TIMEOUT_S,
+        "fence_race_delay_s": fencing.RACE_DELAY_S,
     }
 
 

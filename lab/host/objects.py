@@ -69,6 +69,20 @@ class HostObjects:
         doms = self.hv.call("list domains", self.hv.conn.listAllDomains, flags)
         return sorted(d.name() for d in doms)
 
+    def uuid(self, name: str) -> str:
+        dom = self.hv.call(f"find domain {name}", self.hv.conn.lookupByName, name)
+        return str(dom.UUIDString())
+
+    def power_off(self, name: str) -> None:
+        """Pull the plug: no shutdown, nothing in the guest is told."""
+        self.hv.destroy(name)
+
+    def power_on(self, name: str) -> None:
+        self.hv.start(name)
+
+    def is_running(self, name: str) -> bool:
+        return self.hv.is_running(name)
+
     def networks(self) -> list[str]:
         nets = self.hv.call("list networks", self.hv.conn.listAllNetworks, 0)
         return sorted(n.name() for n in nets)

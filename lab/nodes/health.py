@@ -18,8 +18,11 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
+from ..host import fencing
+from ..settings import lab_prefix
 from ..virt.domain import Disk, DomainSpec, domain_xml
 from ..wait import LabError
+from .machines import NODES
 from .node import Node
 
 SMOKE = "lab-smoke"
@@ -149,12 +152,36 @@ def libvirtd_dlm(host: Host, settings: dict[str, Any]) -> str:
     return line
 
 
+def parse_fence_list(text: str) -> list[str]:
+    """Domain names from `fence_virt -o list` ("name uuid state" lines)."""
+    return [line.split()[0] for line in text.splitlines() if len(line.split()) >= 2]
+
+
+def fencing_ready(host: Host, settings: dict[str, Any]) -> str:
+    """Fencing on: dlm.conf enables it, and fence_virt reaches fence_virtd on the host and
+    sees both nodes (`-o list`: a dry check, nothing is fenced). Off: say it is unsafe."""
+    conf = host.file("/etc/dlm/dlm.conf").content_string
+    enabled = re.search(r"^enable_fencing=1\s*$", conf, re.M) is not None
+    if not settings["fencing"]:
+        assert not enabled, "fencing: false, but dlm.conf enables fencing: run make lab"
+        return "OFF (fencing: false): UNSAFE under a network partition"
+    assert enabled, "dlm.conf does not enable fencing: run make lab"
+    address = fencing.bridge_address(str(settings["management_subnet"]))
+    out = host.run(f"fence_virt -T {address} -p {fencing.FENCE_PORT} -t 15 -o list")
+    assert out.rc == 0, f"fence_virt -o list via {address}: " + _brief(out.stderr or out.stdout)
+    listed = parse_fence_list(out.stdout)
+    want = [lab_prefix() + n for n in NODES]
+    assert all(w in listed for w in want), f"fence_virtd lists {listed}, not {want}"
+    return f"on: fence_virt reaches {address}:{fencing.FENCE_PORT}, lists both nodes"
+
+
 NODE_CHECKS: tuple[tuple[str, Callable[[Host, dict[str, Any]], str]], ...] = (
     ("corosync quorate, 2 members", corosync_quorate),
     ("dlm lockspace 'libvirt' joined", lockspace_joined),
     ("nfs share mounted", share_mounted),
     ("virtdlmd up, backend libdlm", virtdlmd_libdlm),
     ("libvirtd uses the dlm lock manager", libvirtd_dlm),
+    ("fencing (fence_virt -o list)", fencing_ready),
 )
 
 

@@ -14,6 +14,7 @@ import tarfile
 from collections.abc import Iterable
 
 from ..command import check
+from ..host import fencing
 from ..settings import LAB_DIR, REPO, VAGRANT_SETTINGS
 from . import NODE_TREE
 from .node import Node
@@ -23,6 +24,8 @@ GIT_TIMEOUT_S = 30.0
 MARK_TIMEOUT_S = 30.0
 AUTHKEY_BYTES = 256
 SHOWN_LINES = 3  # of each node's provisioning output
+# node.sh says so when a node must be power-cycled for a change to take (dlm.conf)
+RESTART_NEEDED = "virtdlm-lab: restart-needed:"
 PROVISIONED_MARK = "/opt/virtdlm-provisioned"  # on each node: the digest it was built from
 NODE_SH = f"{NODE_TREE}/lab/provision/node.sh"
 SECRETS_DIR = os.path.join(LAB_DIR, "secrets")
@@ -32,8 +35,9 @@ INSTALL_TREE = (
     f"rm -rf {NODE_TREE}.new && mkdir -p {NODE_TREE}.new {NODE_TREE}-secrets "
     f"&& tar -xzf /tmp/virtdlm-tree.tar.gz -C {NODE_TREE}.new "
     f"&& install -m 0400 /tmp/virtdlm-authkey {NODE_TREE}-secrets/authkey "
+    f"&& install -m 0400 /tmp/virtdlm-fence-key {NODE_TREE}-secrets/fence_xvm.key "
     f"&& rm -rf {NODE_TREE} && mv {NODE_TREE}.new {NODE_TREE} "
-    "&& rm -f /tmp/virtdlm-tree.tar.gz /tmp/virtdlm-authkey"
+    "&& rm -f /tmp/virtdlm-tree.tar.gz /tmp/virtdlm-authkey /tmp/virtdlm-fence-key"
 )
 
 
@@ -72,23 +76,33 @@ def authkey(secrets_dir: str = SECRETS_DIR) -> str:
 
 
 def upload(nodes: Iterable[Node]) -> None:
-    """Copy this tree and the authkey into /opt/virtdlm on each node."""
-    tree, key = tarball(), authkey()
+    """Copy this tree into /opt/virtdlm on each node, and the secrets (corosync's authkey,
+    the fence key) into /opt/virtdlm-secrets."""
+    tree, key, fence = tarball(), authkey(), fencing.key_file()
     for node in nodes:
         node.put(tree, "/tmp/virtdlm-tree.tar.gz")
         node.put(key, "/tmp/virtdlm-authkey")
+        node.put(fence, "/tmp/virtdlm-fence-key")
         node.check(INSTALL_TREE)
 
 
 def provision(nodes: Iterable[Node], phase: str, suffix: str = "") -> list[str]:
-    """Run one phase of node.sh on each node, in turn; the last lines each printed."""
+    """Run one phase of node.sh on each node, in turn; the last lines each printed, and
+    every restart-needed line (restart_needed() reads them)."""
     shown = []
     for node in nodes:
         out = node.check(
             f"{NODE_SH} {phase} {node.name} {suffix}".rstrip(), timeout_s=PROVISION_TIMEOUT_S
         )
-        shown += out.stdout.strip().splitlines()[-SHOWN_LINES:]
+        lines = out.stdout.strip().splitlines()
+        shown += [f"{node.name}: {x}" for x in lines[:-SHOWN_LINES] if RESTART_NEEDED in x]
+        shown += lines[-SHOWN_LINES:]
     return shown
+
+
+def restart_needed(shown: Iterable[str]) -> list[str]:
+    """The nodes whose provisioning asked for a power cycle."""
+    return sorted({x.split(":", 1)[0] for x in shown if RESTART_NEEDED in x and ": " in x})
 
 
 def provisioned_from(node: Node) -> str:

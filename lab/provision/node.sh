@@ -8,6 +8,10 @@
 #   node.sh lock-manager NAME dlm|nop
 #                          switch libvirtd's lock manager (the suite's control run); the
 #                          plugin phase puts back the lab setting
+#   node.sh fencing NAME True|False
+#                          write dlm.conf with or without fencing (the partition control
+#                          run); prints a restart-needed line when the DLM must be restarted
+#                          by a power cycle (lab.cluster.Lab.set_fencing does it)
 #
 # Reads /opt/virtdlm/.lab/vagrant-settings.json (the host's resolved settings) and
 # /opt/virtdlm-secrets/authkey (corosync's key, made once on the host, same on both nodes).
@@ -71,6 +75,49 @@ EOF
   return 1
 }
 
+# /etc/dlm/dlm.conf. With fencing (the default): dlm_controld powers a failed node off with
+# fence_virt through fence_virtd on the host (lab/host/fencing.py). action=off, not the
+# agent's default reboot: a quick, certain fence (the lab powers the node back on); and
+# fencing node-a waits, so node-a, the NFS server, wins a fence race. Startup fencing is
+# off in the lab only: make lab boots both nodes together, and a node the lab has just
+# powered back on must not fence the survivor. Without fencing the lab is unsafe.
+dlm_conf() {
+  local fencing=$1 plug_a plug_b
+  plug_a="$(s prefix)node-a"
+  plug_b="$(s prefix)node-b"
+  if [ "$fencing" = True ]; then
+    install -D -m 0400 /opt/virtdlm-secrets/fence_xvm.key "$(s fence_key_file)"
+    put /etc/dlm/dlm.conf 0644 <<EOF
+# virtdlm lab: fencing through the host's libvirt (fence_virt -> fence_virtd).
+enable_fencing=1
+enable_startup_fencing=0
+enable_quorum_fencing=1
+protocol=tcp
+device virt /usr/sbin/fence_virt ipaddr=$(s fence_address) ipport=$(s fence_port) key_file=$(s fence_key_file) action=off timeout=$(s fence_timeout_s)
+connect virt node=1 plug=$plug_a delay=$(s fence_race_delay_s)
+connect virt node=2 plug=$plug_b
+EOF
+  else
+    put /etc/dlm/dlm.conf 0644 <<EOF
+# virtdlm lab with fencing: false. UNSAFE under a network partition: a node that is not
+# fenced may still write while the other node's DLM grants its locks. Production fences.
+enable_fencing=0
+enable_startup_fencing=0
+enable_quorum_fencing=0
+protocol=tcp
+EOF
+  fi
+  # dlm_controld reads dlm.conf when it starts, and cannot be restarted while lockspaces
+  # exist: a running node with a new dlm.conf is power-cycled by the lab (it reads this).
+  if was_changed /etc/dlm/dlm.conf && systemctl -q is-active dlm; then
+    if [ -n "$(ls /sys/kernel/dlm 2>/dev/null)" ]; then
+      echo "virtdlm-lab: restart-needed: /etc/dlm/dlm.conf changed while lockspaces exist"
+    else
+      systemctl restart dlm
+    fi
+  fi
+}
+
 phase_base() {
   local my_ip
   my_ip=$([ "$name" = node-a ] && echo "$node_a_ip" || echo "$node_b_ip")
@@ -112,15 +159,7 @@ logging {
     to_syslog: yes
 }
 EOF
-  # LAB ONLY: no fencing (no pacemaker/stonith here). Production clusters must fence.
-  put /etc/dlm/dlm.conf 0644 <<EOF
-# virtdlm lab only: fencing is off because the lab has no fence devices.
-# A production cluster must fence: a node that is not fenced may still write.
-enable_fencing=0
-enable_startup_fencing=0
-enable_quorum_fencing=0
-protocol=tcp
-EOF
+  dlm_conf "$(s fencing)"
   if was_changed /etc/corosync/; then
     systemctl enable -q corosync
     systemctl restart corosync
@@ -182,6 +221,16 @@ qemu_conf() {
 # virtdlm lab node $name
 lock_manager = "$1"
 EOF
+}
+
+phase_fencing() {
+  local fencing=${1:-}
+  case "$fencing" in
+    True|False) ;;
+    *) log "fencing '$fencing': expected True or False"; exit 2 ;;
+  esac
+  dlm_conf "$fencing"
+  log "ok: fencing $fencing (changed: ${changed[*]:-nothing})"
 }
 
 phase_lock_manager() {
@@ -247,5 +296,6 @@ case "$phase" in
   storage) phase_storage ;;
   plugin) phase_plugin ;;
   lock-manager) phase_lock_manager "${3:-}" ;;
-  *) echo "node.sh: unknown phase '$phase' (base, storage, plugin, lock-manager)" >&2; exit 2 ;;
+  fencing) phase_fencing "${3:-}" ;;
+  *) echo "node.sh: unknown phase '$phase' (base, storage, plugin, lock-manager, fencing)" >&2; exit 2 ;;
 esac
