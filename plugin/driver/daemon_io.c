@@ -109,6 +109,20 @@ static char *vdlReceive(int sock, const vdlCall *call, size_t *lenOut)
 
 /* ------------------------------------------------------------------ one exchange */
 
+/* An older virtdlmd refuses the request's "action" as an unknown field (protocol.py's
+ * words: "<op>: unknown field(s) action"). */
+static bool vdlOlderDaemon(const vdlReply *reply, const vdlCall *call)
+{
+    static const char unknown[] = "unknown field(s) ";
+    const char *fields;
+
+    if (!call->action || reply->code != VDL_CODE_INVALID_REQUEST || !reply->message ||
+        !(fields = strstr(reply->message, unknown)))
+        return false;
+    fields += sizeof(unknown) - 1;
+    return strncmp(fields, "action", 6) == 0 && (fields[6] == '\0' || fields[6] == ',');
+}
+
 static int vdlCheckReply(const vdlReply *reply, const vdlCall *call)
 {
     int code = vdlLibvirtError(reply->code);
@@ -119,7 +133,12 @@ static int vdlCheckReply(const vdlReply *reply, const vdlCall *call)
                         call->op, VDL_PROTOCOL_VERSION, vdlSocketPath);
     if (reply->ok)
         return 0;
-    if (reply->message && reply->message[0])
+    if (vdlOlderDaemon(reply, call))
+        vdlError(call->child, VDL_ERR_OPERATION_FAILED,
+                 "virtdlmd is older than this driver: it does not know on_lockfailure "
+                 "(\"action\": \"%s\" in %s); restart virtdlmd from the same build as "
+                 "dlm.so (socket %s)", call->action, call->op, vdlSocketPath);
+    else if (reply->message && reply->message[0])
         vdlError(call->child, code, "%s", reply->message);   /* the daemon's words */
     else
         vdlError(call->child, code, "virtdlmd refused %s with code %d and no message",

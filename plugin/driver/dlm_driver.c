@@ -131,21 +131,45 @@ static int vdlAddResource(vdlManager *man, unsigned int type, const char *name, 
     return ret;
 }
 
+/* libvirt's virDomainLockFailureAction as the protocol names it; NULL for a value libvirt
+ * does not define. Static strings only: the pre-exec child may not allocate for it. */
+static const char *vdlActionName(int action)
+{
+    static const char *const names[] = {
+        [VDL_LOCK_FAILURE_DEFAULT] = "default",
+        [VDL_LOCK_FAILURE_POWEROFF] = "poweroff",
+        [VDL_LOCK_FAILURE_RESTART] = "restart",
+        [VDL_LOCK_FAILURE_PAUSE] = "pause",
+        [VDL_LOCK_FAILURE_IGNORE] = "ignore",
+    };
+
+    if (action < 0 || (size_t) action >= VDL_COUNT(names))
+        return NULL;
+    return names[action];
+}
+
 static int vdlAcquire(vdlManager *man, const char *state, unsigned int flags, int action,
                       int *fd)
 {
     static const unsigned int allowed = VDL_ACQUIRE_REGISTER_ONLY | VDL_ACQUIRE_RESTRICT;
     bool child = (flags & VDL_ACQUIRE_REGISTER_ONLY) != 0;
     vdlCall call = { child ? "register" : "acquire",
-                     child ? (flags & VDL_ACQUIRE_RESTRICT) != 0 : -1, child };
+                     child ? (flags & VDL_ACQUIRE_RESTRICT) != 0 : -1, child,
+                     vdlActionName(action) };
     const vdlPrivate *priv;
     int sock = -1;
     int ret = -1;
 
     (void) state;                       /* all lock state lives in virtdlmd */
-    (void) action;                      /* virtdlmd takes no action on lock loss */
-    if (vdlCheckFlags(flags, allowed, __func__, child) < 0 ||
-        !(priv = vdlPrivateOf(man, __func__, child)) ||
+    if (vdlCheckFlags(flags, allowed, __func__, child) < 0)
+        goto cleanup;
+    if (!call.action) {
+        vdlError(child, VDL_ERR_INTERNAL_ERROR,
+                 "unsupported lock failure action %d in function %s (libvirt's on_lockfailure "
+                 "is 0..4: default, poweroff, restart, pause, ignore)", action, __func__);
+        goto cleanup;
+    }
+    if (!(priv = vdlPrivateOf(man, __func__, child)) ||
         vdlRequest(priv, &call, child ? &sock : NULL, NULL) < 0)
         goto cleanup;
     if (fd && child)
@@ -161,7 +185,7 @@ static int vdlAcquire(vdlManager *man, const char *state, unsigned int flags, in
 static int vdlStateRequest(vdlManager *man, char **state, unsigned int flags, const char *op,
                            const char *func)
 {
-    vdlCall call = { op, -1, false };
+    vdlCall call = { op, -1, false, NULL };
     bool inquire = strcmp(op, "inquire") == 0;
     const vdlPrivate *priv;
     int ret = -1;

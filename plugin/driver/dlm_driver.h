@@ -34,6 +34,13 @@
 #define VDL_ACQUIRE_REGISTER_ONLY (1u << 0)
 #define VDL_ACQUIRE_RESTRICT (1u << 1)
 
+/* drvAcquire action: the domain's <on_lockfailure> (libvirt's virDomainLockFailureAction) */
+#define VDL_LOCK_FAILURE_DEFAULT 0
+#define VDL_LOCK_FAILURE_POWEROFF 1
+#define VDL_LOCK_FAILURE_RESTART 2
+#define VDL_LOCK_FAILURE_PAUSE 3
+#define VDL_LOCK_FAILURE_IGNORE 4
+
 /* vdlParam.type */
 enum {
     VDL_PARAM_STRING = 0,
@@ -106,12 +113,16 @@ typedef int (*vdlAddResourceFunc)(vdlManager *man, unsigned int type, const char
                                   size_t nparams, vdlParam *params, unsigned int flags);
 
 /*
- * drvAcquire: flags REGISTER_ONLY|RESTRICT; state and action are ignored.
+ * drvAcquire: flags REGISTER_ONLY|RESTRICT; state is ignored. action is the domain's
+ * <on_lockfailure> (VDL_LOCK_FAILURE_*), sent with both requests as "action": "default",
+ * "poweroff", "restart", "pause" or "ignore"; virtdlmd applies it if this node's locks are lost
+ * (libvirt never acts on it itself). Any other value is refused before any connection.
  * REGISTER_ONLY (libvirt's pre-exec child, fork-safe): send "register" with
  * restrict = RESTRICT on a fresh socket WITHOUT close-on-exec; on success the socket stays
  * open for QEMU to inherit and is stored in *fd (if fd is not NULL). Errors go to stderr.
  * Otherwise (libvirtd): send "acquire" on a fresh close-on-exec socket, then close it.
- * 0 / -1; a refusal is reported with the daemon's message.
+ * 0 / -1; a refusal is reported with the daemon's message (a daemon that refuses the field
+ * "action" is reported as older than this driver).
  */
 typedef int (*vdlAcquireFunc)(vdlManager *man, const char *state, unsigned int flags,
                               int action, int *fd);

@@ -61,6 +61,7 @@ enum {
     VDL_CODE_POLICY = 10,
     VDL_CODE_NO_SUCH_PROCESS = 11,
     VDL_CODE_SHUTTING_DOWN = 12,
+    VDL_CODE_LOCKSPACE_UNAVAILABLE = 13,
 };
 
 typedef struct {
@@ -89,6 +90,8 @@ typedef struct {
     const char *op;                 /* "register", "acquire", "release", "inquire" */
     int restrictFlag;               /* register: 0 or 1; -1 = no "restrict" field */
     bool child;                     /* pre-exec child: inheritable socket, stderr errors */
+    const char *action;             /* register, acquire: on_lockfailure ("default", ...,
+                                       a static string); NULL = no "action" field */
 } vdlCall;
 
 /* A request frame being written. */

@@ -2,7 +2,7 @@
  * json.c: the two JSON texts dlm.so handles (docs/protocol.md).
  *
  * The writer builds a request frame in one buffer of VDL_FRAME_CAPACITY bytes: header, then
- * {"v","op","owner","resources"[,"restrict"]}; strings are escaped (", \\, control
+ * {"v","op","owner","resources"[,"restrict"][,"action"]}; strings are escaped (", \\, control
  * characters), every other byte goes as it is. The scanner reads the flat reply object: v,
  * ok, code, message and state, unescapes strings in place (an escape never grows), skips
  * every other value to a bounded depth, and never reads past the body it was given.
@@ -96,7 +96,7 @@ static void vdlBufResource(vdlBuf *buf, const vdlResource *res)
     vdlBufFormat(buf, ",\"offset\":%llu}", res->offset);
 }
 
-/* The whole frame: header, then {"v","op","owner","resources"[,"restrict"]}. */
+/* The whole frame: header, then {"v","op","owner","resources"[,"restrict"][,"action"]}. */
 int vdlBuildRequest(vdlBuf *buf, const vdlPrivate *priv, const vdlCall *call)
 {
     size_t body;
@@ -116,6 +116,10 @@ int vdlBuildRequest(vdlBuf *buf, const vdlPrivate *priv, const vdlCall *call)
     vdlBufAdd(buf, "]", 1);
     if (call->restrictFlag >= 0)
         vdlBufFormat(buf, ",\"restrict\":%s", call->restrictFlag ? "true" : "false");
+    if (call->action) {
+        vdlBufFormat(buf, ",\"action\":");
+        vdlBufString(buf, call->action);
+    }
     vdlBufAdd(buf, "}", 1);
     if (buf->overflow)
         return vdlError(call->child, VDL_ERR_INTERNAL_ERROR,

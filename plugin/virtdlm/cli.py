@@ -1,9 +1,11 @@
-"""virtdlm: look at what virtdlmd holds.
+"""virtdlm: look at what virtdlmd holds, and at this node's lock health.
 
     virtdlm [--socket PATH] status [--json]
     virtdlm [--socket PATH] locks  [--json]
 
-Exit status: 0 ok, 1 the daemon answered with an error, 2 the daemon cannot be reached.
+`status` also shows the lock health (the lockspace's state, since when, quorum) and the last
+on_lockfailure actions, the newest first. Exit status: 0 ok, 1 the daemon answered with an
+error, 2 the daemon cannot be reached.
 """
 
 from __future__ import annotations
@@ -17,6 +19,7 @@ from typing import Any
 from . import client
 from .config import DEFAULT_CONFIG_PATH, load_config
 from .errors import ConfigError, DaemonUnavailable, VirtDlmError
+from .health import clock
 
 EXIT_ERROR = 1
 EXIT_UNREACHABLE = 2
@@ -33,7 +36,36 @@ def format_status(status: dict[str, Any]) -> str:
         ("socket", status["socket"]),
         ("version", f"{status['version']} (pid {status['pid']})"),
     ]
+    health = status.get("health")
+    if health is not None:
+        rows += _health_rows(health, status.get("lockfailure", {}))
     return "\n".join(f"{k:<10} {v}" for k, v in rows)
+
+
+def _health_rows(health: dict[str, Any], lockfailure: dict[str, Any]) -> list[tuple[str, Any]]:
+    """Lock health, quorum and the last on_lockfailure actions, one row each."""
+    state = health["state"]
+    if state != "ok":
+        state += f": {health['detail']} (since {clock(health['since'])})"
+    if health["lost"]:
+        state += f"; LOCKS LOST: {health['lost_reason']}"
+    if health["pending_releases"]:
+        state += f"; {health['pending_releases']} releases wait for the lockspace"
+    quorum = {True: "quorate", False: "NOT quorate", None: "unknown"}[health["quorate"]]
+    if health["quorum_detail"]:
+        quorum += f" ({health['quorum_detail']})"
+    rows: list[tuple[str, Any]] = [("health", state), ("quorum", quorum)]
+    if lockfailure.get("unavailable"):
+        rows.append(("actions", f"cannot be applied: {lockfailure['unavailable']}"))
+    actions = lockfailure.get("actions", [])
+    if not actions:
+        rows.append(("actions", "none"))
+    for a in reversed(actions):  # the last first
+        rows.append(
+            ("action", f"{clock(a['time'])} {a['domain']} {a['action']}: {a['outcome']} "
+                       f"({a['reason']})")
+        )  # fmt: skip
+    return rows
 
 
 def format_locks(locks: list[dict[str, Any]]) -> str:

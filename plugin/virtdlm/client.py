@@ -15,7 +15,7 @@ from typing import Any
 
 from . import protocol
 from .errors import DaemonUnavailable, ProtocolError, RemoteError, Timeout
-from .protocol import OwnerSpec, Request, ResourceSpec, recv_frame
+from .protocol import DEFAULT_ACTION, OwnerSpec, Request, ResourceSpec, recv_frame
 
 CONNECT_TIMEOUT_S = 5.0
 REPLY_TIMEOUT_S = 30.0
@@ -70,15 +70,23 @@ class Client:
         return self.request(protocol.request_message(request))
 
     def register(
-        self, owner: OwnerSpec, resources: Sequence[ResourceSpec] = (), restrict: bool = False
+        self,
+        owner: OwnerSpec,
+        resources: Sequence[ResourceSpec] = (),
+        restrict: bool = False,
+        action: str = DEFAULT_ACTION,
     ) -> None:
         """Register the calling process as the owner (its pid must be owner.pid); the
-        connection then stands for that QEMU: its EOF releases the owner's locks."""
-        self._ask(Request("register", owner, tuple(resources), restrict))
+        connection then stands for that QEMU: its EOF releases the owner's locks. `action`
+        is the domain's on_lockfailure (protocol.ACTIONS)."""
+        self._ask(Request("register", owner, tuple(resources), restrict, action))
 
-    def acquire(self, owner: OwnerSpec, resources: Sequence[ResourceSpec]) -> None:
-        """Lock every resource for the owner, or none of them (Busy comes back as RemoteError)."""
-        self._ask(Request("acquire", owner, tuple(resources)))
+    def acquire(
+        self, owner: OwnerSpec, resources: Sequence[ResourceSpec], action: str = DEFAULT_ACTION
+    ) -> None:
+        """Lock every resource for the owner, or none of them (Busy comes back as RemoteError);
+        `action` is the domain's on_lockfailure (protocol.ACTIONS)."""
+        self._ask(Request("acquire", owner, tuple(resources), action=action))
 
     def release(self, owner: OwnerSpec, resources: Sequence[ResourceSpec] = ()) -> None:
         """Release the named resources of the owner; none named = everything it holds."""

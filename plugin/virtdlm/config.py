@@ -1,9 +1,16 @@
 """virtdlmd configuration: /etc/libvirt/qemu-dlm.conf in libvirt's conf syntax.
 
-    key = "string"      key = 123      # comments
+    key = "string"      key = 123      key = 0.5      # comments
 
 A missing file means all defaults. An unknown key, a value of the wrong type, a duplicate
-key or a line that does not parse fails with the file, the line and the reason.
+key or a line that does not parse fails with the file, the line and the reason. Durations
+(keys ending in _s) are seconds and may have decimals; libvirt itself never reads this file
+(dlm.so reads only socket_path, and skips every other line).
+
+Lock-failure keys (virtdlm.health, virtdlm.lockfailure):
+    health_interval_s = 2            how often this node's lock health is probed
+    quorum_grace_s = 10              quorum may be lost this long before locks count as lost
+    lockfailure_uri = "qemu:///system"   the libvirt that on_lockfailure actions go through
 """
 
 from __future__ import annotations
@@ -24,9 +31,14 @@ DEFAULT_STATE_DIR = "/run/virtdlmd"
 DEFAULT_LOCKSPACE = "libvirt"
 MAX_LOCKSPACE_NAME_BYTES = 64
 BACKENDS = ("dlm", "model")
+DEFAULT_HEALTH_INTERVAL_S = 2.0
+DEFAULT_QUORUM_GRACE_S = 10.0
+DEFAULT_LOCKFAILURE_URI = "qemu:///system"
+MAX_HEALTH_INTERVAL_S = 60.0  # slower probing would leave domains running long after a loss
 
 _LINE_RE = re.compile(r"^\s*([A-Za-z_][A-Za-z0-9_]*)\s*=\s*(.*?)\s*$")
 _LOCKSPACE_RE = re.compile(r"^[A-Za-z0-9_.-]+$")
+_URI_RE = re.compile(r"^[a-z][a-z0-9+]*://\S*$")  # libvirt's driver[+transport]://[host]/path
 
 
 @dataclass(frozen=True)
@@ -42,6 +54,9 @@ class Config:
     node_name: str = ""  # "" = this host's name
     model_socket: str = ""  # model backend: a shared model server; "" = in-process model
     model_node_id: int = 1  # model backend: the node id this daemon plays
+    health_interval_s: float = DEFAULT_HEALTH_INTERVAL_S  # lock health probed this often
+    quorum_grace_s: float = DEFAULT_QUORUM_GRACE_S  # quorum lost longer: locks count as lost
+    lockfailure_uri: str = DEFAULT_LOCKFAILURE_URI  # where on_lockfailure actions are applied
 
     @property
     def lease_required(self) -> bool:
@@ -68,34 +83,44 @@ _STR_KEYS = {
     "allowed_group",
     "node_name",
     "model_socket",
+    "lockfailure_uri",
 }
 _INT_KEYS = {"model_node_id"}
+_SECONDS_KEYS = {"health_interval_s", "quorum_grace_s"}
 KNOWN_KEYS = frozenset(f.name for f in fields(Config))
 
 
-def _parse_value(text: str, path: str, lineno: int, key: str) -> str | int:
+def _parse_value(text: str, path: str, lineno: int, key: str) -> str | int | float:
     if text.startswith('"'):
         m = re.match(r'^"((?:[^"\\]|\\.)*)"\s*(#.*)?$', text)
         if not m:
             raise ConfigError(path, lineno, f"{key}: unterminated or malformed string {text!r}")
         return re.sub(r"\\(.)", r"\1", m.group(1))
-    m = re.match(r"^(-?[0-9]+)\s*(#.*)?$", text)
+    m = re.match(r"^(-?[0-9]+)(\.[0-9]+)?\s*(#.*)?$", text)
     if not m:
         raise ConfigError(
-            path, lineno, f"{key}: expected a quoted string or an integer, got {text!r}"
+            path, lineno, f"{key}: expected a quoted string or a number, got {text!r}"
         )
+    if m.group(2):
+        return float(m.group(1) + m.group(2))
     return int(m.group(1))
 
 
-def _typed(key: str, value: str | int, path: str, lineno: int) -> Any:
+def _typed(key: str, value: str | int | float, path: str, lineno: int) -> Any:
     if key in _BOOL_KEYS:
-        if value not in (0, 1) or isinstance(value, str):
+        if not isinstance(value, int) or value not in (0, 1):
             raise ConfigError(path, lineno, f"{key} must be 0 or 1, got {value!r}")
         return bool(value)
     if key in _INT_KEYS:
         if not isinstance(value, int) or value < 1:
             raise ConfigError(path, lineno, f"{key} must be a positive integer, got {value!r}")
         return value
+    if key in _SECONDS_KEYS:
+        if isinstance(value, str):
+            raise ConfigError(
+                path, lineno, f"{key} must be a number of seconds (e.g. 2 or 0.5), got {value!r}"
+            )
+        return float(value)
     if not isinstance(value, str):
         raise ConfigError(path, lineno, f"{key} must be a quoted string, got {value!r}")
     return value
@@ -147,6 +172,20 @@ def _validate(config: Config, path: str, lines: dict[str, int]) -> None:
         fail("model_socket", f"model_socket {config.model_socket!r} must be an absolute path")
     if len(config.socket_path.encode()) > 107:
         fail("socket_path", "socket_path is longer than a unix socket allows (107 bytes)")
+    if not 0 < config.health_interval_s <= MAX_HEALTH_INTERVAL_S:
+        fail(
+            "health_interval_s",
+            f"health_interval_s {config.health_interval_s:g} must be more than 0 and at most "
+            f"{MAX_HEALTH_INTERVAL_S:g} seconds",
+        )
+    if config.quorum_grace_s < 0:
+        fail("quorum_grace_s", f"quorum_grace_s {config.quorum_grace_s:g} must not be negative")
+    if not _URI_RE.match(config.lockfailure_uri):
+        fail(
+            "lockfailure_uri",
+            f"lockfailure_uri {config.lockfailure_uri!r} is not a libvirt URI "
+            "(e.g. qemu:///system)",
+        )
     if config.allowed_group:
         try:
             grp.getgrnam(config.allowed_group)

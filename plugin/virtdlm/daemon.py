@@ -13,11 +13,15 @@ released on the way down: they stay granted as orphans and the next start adopts
 Every lock decision runs under one asyncio lock (``decide``), and every backend call on one
 worker thread, so decisions are serial and the backend is single-threaded as libdlm needs.
 Every request is answered within ``request_timeout_s`` (virtdlm.deadline), before the client
-gives up; a backend call that ends after its request was answered keeps nothing.
+gives up; a backend call that ends after its request was answered keeps nothing. This node's
+lock health is read every ``health_interval_s`` by the backend's probe on a thread of its own
+(never the worker: a DLM call on a stopped lockspace blocks); while it is bad, starts are
+refused at once, and once the locks count as lost each domain gets its on_lockfailure.
 
     server.py    socket, peer check, frames  -> handlers.py  one function per op
     registry.py  owners and their lifetimes  -> locker.py    lock decisions, what is held
     policy.py    which locks a request needs    worker.py    the backend's thread
+    health.py    lock health, its monitor    -> lockfailure.py  on_lockfailure, via libvirt
 """
 
 from __future__ import annotations
@@ -38,7 +42,9 @@ from .backends.base import LockBackend
 from .config import DEFAULT_CONFIG_PATH, Config, load_config
 from .deadline import REQUEST_TIMEOUT_S
 from .errors import VirtDlmError
+from .health import HealthMonitor, LockHealth
 from .locker import Locker
+from .lockfailure import LibvirtActuator, LockFailureHandler
 from .owners import StateStore
 from .registry import OwnerRegistry
 from .server import Server
@@ -69,6 +75,8 @@ class Daemon:
         self.started = time.monotonic()
         self._locker: Locker | None = None
         self._registry: OwnerRegistry | None = None
+        self._monitor: HealthMonitor | None = None
+        self._lockfailure: LockFailureHandler | None = None
 
     @property
     def locker(self) -> Locker:
@@ -80,12 +88,39 @@ class Daemon:
         assert self._registry is not None, "the daemon has not started"
         return self._registry
 
+    @property
+    def health(self) -> LockHealth:
+        """This node's lock health after the last reading (virtdlm.health)."""
+        assert self._monitor is not None, "the daemon has not started"
+        return self._monitor.health
+
+    @property
+    def lockfailure(self) -> LockFailureHandler:
+        assert self._lockfailure is not None, "the daemon has not started"
+        return self._lockfailure
+
     async def start(self) -> None:
+        config = self.config
         backend = await self.worker.run(self._backend_factory)
         self.worker.inline = not backend.blocking
-        self._locker = Locker(backend, self.config.effective_node_name)
-        self._registry = OwnerRegistry(self._locker, self.store, self.worker)
-        await self._registry.recover(self.config.purge_orphans)
+        self._locker = Locker(backend, config.effective_node_name)
+        self._monitor = HealthMonitor(
+            backend.health_probe(),
+            backend.lockspace,
+            self._locker.node_name,
+            config.health_interval_s,
+            config.quorum_grace_s,
+        )
+        await self._monitor.check()  # starts are judged by a real reading from the first one
+        self._registry = OwnerRegistry(
+            self._locker, self.store, self.worker, lambda: self.health.usable
+        )
+        await self._registry.recover(config.purge_orphans)
+        self._lockfailure = LockFailureHandler(
+            self._registry, self._locker, self.worker, LibvirtActuator(config.lockfailure_uri)
+        )
+        self._monitor.listeners.append(self._lockfailure.on_health)
+        self._monitor.start()
         await self.server.start()
         if not backend.cluster:
             log.warning(
@@ -112,10 +147,20 @@ class Daemon:
         self.stopping = True
         if self._registry is not None:
             self._registry.freeze()
+        if self._monitor is not None:
+            await self._monitor.stop()
+        if self._lockfailure is not None:
+            self._lockfailure.close()
         await self.server.stop()
-        if self._locker is not None:
+        usable = self._monitor is None or self.health.usable
+        if self._locker is not None and usable:
             await self.worker.run(self._locker.backend.close)
-        self.worker.shutdown()
+        elif self._locker is not None:
+            log.warning(
+                "%s; its handle is left to this process's exit (a DLM call may be blocked)",
+                self.health.describe(),
+            )
+        self.worker.shutdown(wait=usable)
         self.server.remove_socket()
         log.info(
             "stopped; %d locks of %d owners stay held for the next start",

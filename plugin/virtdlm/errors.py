@@ -8,6 +8,7 @@ VirtDlmError
 ├── Busy                 a lock is held by someone else (carries the holder)
 ├── PolicyError          configuration forbids the request
 ├── NoSuchProcess        the owner's pid is gone
+├── LockspaceUnavailable this node's lockspace cannot be used now (stopped, gone, no quorum)
 ├── Timeout              a deadline passed (what, how long, last state)
 ├── DaemonUnavailable    client side: the daemon cannot be reached
 ├── RemoteError          client side: the daemon replied with an error
@@ -40,6 +41,7 @@ class ErrorCode(IntEnum):
     POLICY = 10
     NO_SUCH_PROCESS = 11
     SHUTTING_DOWN = 12
+    LOCKSPACE_UNAVAILABLE = 13
 
 
 class VirtDlmError(Exception):
@@ -85,6 +87,14 @@ class PolicyError(VirtDlmError):
 
 class NoSuchProcess(VirtDlmError):
     code = ErrorCode.NO_SUCH_PROCESS
+
+
+class LockspaceUnavailable(VirtDlmError):
+    """This node's lockspace cannot be used now: the message says why, since when, and
+    what to check. Starts (register, acquire) are refused at once instead of waiting on a DLM
+    call that would block."""
+
+    code = ErrorCode.LOCKSPACE_UNAVAILABLE
 
 
 class Timeout(VirtDlmError):

@@ -7,6 +7,12 @@ a handler is bounded by what is left of it, so the answer, TIMEOUT at worst, com
 the client gives up. It answers with the reply and whether to close the connection: a frame
 that is not a valid request is refused and the connection closed; any other error is an
 error reply on a connection that stays open.
+
+While this node's lockspace takes no calls (virtdlm.health), register and acquire are refused
+at once with LOCKSPACE_UNAVAILABLE, saying what is wrong and since when, instead of waiting
+on a DLM call that would block; a release is answered at once too, its locks stranded until
+the lockspace runs again (virtdlm.locker), without waiting for the decision lock, which an
+acquire blocked in the DLM may hold.
 """
 
 from __future__ import annotations
@@ -112,13 +118,21 @@ async def _deciding(d: Daemon, deadline: Deadline) -> AsyncIterator[None]:
 # -- one handler per op -------------------------------------------------------------------
 
 
+def _check_usable(d: Daemon) -> None:
+    """Refuse a start at once while the lockspace takes no calls (virtdlm.health)."""
+    if not d.health.usable:
+        raise d.health.refusal()
+
+
 async def _register(d: Daemon, session: Session, request: Request, deadline: Deadline) -> Reply:
     spec = _owner_of(request)
     if spec.pid != session.pid:
         raise Denied(f"register: claimed pid {spec.pid} is not the caller's pid {session.pid}")
+    _check_usable(d)
     async with _deciding(d, deadline):
         owner = d.registry.owner_for(spec, create=True)
     assert owner is not None
+    owner.action = request.action  # the last one given wins
     owner.registered = True
     session.registration = owner
     session.restricted = request.restrict
@@ -128,10 +142,13 @@ async def _register(d: Daemon, session: Session, request: Request, deadline: Dea
 async def _acquire(d: Daemon, session: Session, request: Request, deadline: Deadline) -> Reply:
     spec = _owner_of(request)
     policy.check_policy(d.config, request.resources)
+    _check_usable(d)
     wants = await policy.wants(d.config, request.resources, deadline)
     async with _deciding(d, deadline):
+        _check_usable(d)  # it may have changed while the disks were resolved
         owner = d.registry.owner_for(spec, create=True)
         assert owner is not None
+        owner.action = request.action  # the last one given wins
         await d.worker.run_revocable(d.locker.acquire, owner, wants, deadline=deadline)
         d.registry.save(owner)
     return protocol.ok_reply()
@@ -139,6 +156,8 @@ async def _acquire(d: Daemon, session: Session, request: Request, deadline: Dead
 
 async def _release(d: Daemon, session: Session, request: Request, deadline: Deadline) -> Reply:
     spec = _owner_of(request)
+    if not d.health.usable:
+        return await _strand(d, spec, request, deadline)
     async with _deciding(d, deadline):
         owner = d.registry.owner_for(spec, create=False)
         if owner is None:
@@ -147,6 +166,19 @@ async def _release(d: Daemon, session: Session, request: Request, deadline: Dead
         names = await policy.release_names(d.config, held, request.resources, deadline)
         await d.worker.run(d.locker.release, owner, names, deadline=deadline)
         d.registry.save(owner)
+    return protocol.ok_reply()
+
+
+async def _strand(d: Daemon, spec: OwnerSpec, request: Request, deadline: Deadline) -> Reply:
+    """A release while the lockspace takes no calls: answered at once, sent to the DLM once
+    it runs again (Locker.strand); no decision lock, which a blocked acquire may hold."""
+    owner = d.registry.owner_for(spec, create=False)
+    if owner is None:
+        return protocol.ok_reply()
+    held = d.locker.held_by(owner)
+    names = await policy.release_names(d.config, held, request.resources, deadline)
+    d.locker.strand(owner, names)
+    d.registry.save(owner)
     return protocol.ok_reply()
 
 
@@ -171,6 +203,12 @@ async def _status(d: Daemon, session: Session, request: Request, deadline: Deadl
     }
     if not backend.cluster:
         status["warning"] = "model backend: single-host test model, NOT a cluster lock"
+    status["health"] = {**d.health.to_json(), "pending_releases": d.locker.stranded_count}
+    status["lockfailure"] = {
+        "uri": d.config.lockfailure_uri,
+        "unavailable": d.lockfailure.actuator.unavailable,
+        "actions": d.lockfailure.to_json(),
+    }
     return protocol.ok_reply(status=status)
 
 

@@ -12,11 +12,21 @@ as lvmlockd keeps one record per lock. It is filed by owner, because the daemon'
 are asked per owner (acquire, release, save its state) while "who else holds this
 resource" is asked only on a refusal. Everyone else reads it through ``held_by`` and
 ``all_held``.
+
+A release while this node's lockspace cannot take calls (virtdlm.health: stopped, gone, no
+quorum, a pending fence) must not reach the DLM: the call would block the worker thread until
+recovery, for ever on a stopped lockspace, and every later call behind it. So it is *stranded*
+instead, on the event loop: the lock leaves its owner's record at once (the owner, its state
+file, `locks` and `status` no longer count it) and waits in a list of pending releases, sent
+to the DLM once the lockspace runs again (``release_stranded``), or dropped without a call
+once it is gone (``drop_lost``: leaving a lockspace takes this node's locks with it). Since
+the record is then changed from two threads, a mutex guards it, and readers get snapshots.
 """
 
 from __future__ import annotations
 
 import logging
+import threading
 from collections.abc import Mapping
 from dataclasses import dataclass
 from types import MappingProxyType
@@ -47,31 +57,48 @@ class Locker:
         self.backend = backend
         self.node_name = node_name
         self.ls = backend.lockspace
+        self._mutex = threading.Lock()  # guards _held and _stranded (see the module's doc)
         self._held: dict[OwnerKey, dict[str, HeldLock]] = {}  # owner -> resource -> lock
+        self._stranded: list[HeldLock] = []  # released while the lockspace took no calls
 
     # -- the record of what is held -----------------------------------------------------
 
     def held_by(self, owner: Owner) -> Mapping[str, HeldLock]:
-        """What the owner holds, by resource: a read-only view of the record."""
-        return MappingProxyType(self._held.get(owner.key, {}))
+        """What the owner holds, by resource: a read-only snapshot of the record."""
+        with self._mutex:
+            return MappingProxyType(dict(self._held.get(owner.key, {})))
 
     def all_held(self) -> list[HeldLock]:
         """Every lock held on this node, one record each (a snapshot)."""
-        return [held for locks in list(self._held.values()) for held in list(locks.values())]
+        with self._mutex:
+            return [held for locks in self._held.values() for held in locks.values()]
 
     def lock_count(self) -> int:
-        return sum(len(locks) for locks in list(self._held.values()))
+        with self._mutex:
+            return sum(len(locks) for locks in self._held.values())
+
+    @property
+    def stranded_count(self) -> int:
+        """Releases waiting for the lockspace to take calls again."""
+        with self._mutex:
+            return len(self._stranded)
 
     def _lock_of(self, owner: Owner, resource: str) -> HeldLock | None:
-        return self._held.get(owner.key, {}).get(resource)
+        with self._mutex:
+            return self._held.get(owner.key, {}).get(resource)
 
     def _note(self, held: HeldLock) -> None:
-        self._held.setdefault(held.owner.key, {})[held.resource] = held
+        with self._mutex:
+            self._held.setdefault(held.owner.key, {})[held.resource] = held
 
     def _unnote(self, held: HeldLock) -> None:
+        with self._mutex:
+            self._unnote_locked(held)
+
+    def _unnote_locked(self, held: HeldLock) -> None:
         locks = self._held.get(held.owner.key)
-        if locks is not None:
-            locks.pop(held.resource, None)
+        if locks is not None and locks.get(held.resource) is held:
+            del locks[held.resource]
             if not locks:
                 del self._held[held.owner.key]
 
@@ -239,7 +266,9 @@ class Locker:
 
     def _holder_of(self, owner: Owner, want: Want, lkid: int | None) -> Holder | None:
         """Who blocks `want`: a local owner if one holds it, else the LVB's holder."""
-        for key, locks in self._held.items():
+        with self._mutex:
+            owners = [(key, dict(locks)) for key, locks in self._held.items()]
+        for key, locks in owners:
             other = locks.get(want.resource)
             if other is not None and key != owner.key:
                 return Holder(other.owner.name, self.node_name, other.mode.name)
@@ -270,6 +299,56 @@ class Locker:
             self._unnote(held)
             count += 1
         return count
+
+    # -- releases while the lockspace takes no calls --------------------------------------
+
+    def strand(self, owner: Owner, resources: list[str] | None) -> int:
+        """Release the named resources (None: all) without the DLM, which cannot take calls
+        now: they leave the owner's record and wait for ``release_stranded``. Event loop."""
+        with self._mutex:
+            locks = self._held.get(owner.key, {})
+            names = list(locks) if resources is None else resources
+            moved = [locks[name] for name in names if name in locks]
+            for held in moved:
+                self._unnote_locked(held)
+            self._stranded.extend(moved)
+        for held in moved:
+            log.warning(
+                "%s:%s release %s for %s: the lockspace takes no calls now; sent once it "
+                "runs again (%s)",
+                self.ls,
+                held.resource,
+                held.mode.name,
+                owner.describe(),
+                held.label,
+            )
+        return len(moved)
+
+    def release_stranded(self) -> int:
+        """Send the stranded releases to the DLM, which takes calls again. Worker thread."""
+        with self._mutex:
+            stranded, self._stranded = self._stranded, []
+        for held in stranded:
+            self._release_one(held)
+        return len(stranded)
+
+    def drop_lost(self) -> int:
+        """This node left the lockspace and its locks went with it: forget every record and
+        every stranded release, without a DLM call (their lock ids are no more)."""
+        with self._mutex:
+            dropped = self._stranded + [h for locks in self._held.values() for h in locks.values()]
+            self._held.clear()
+            self._stranded = []
+        for held in dropped:
+            log.warning(
+                "%s:%s %s for %s is lost with the lockspace; its record is dropped (%s)",
+                self.ls,
+                held.resource,
+                held.mode.name,
+                held.owner.describe(),
+                held.label,
+            )
+        return len(dropped)
 
     def _unlock(self, held: HeldLock) -> BackendError | None:
         """Convert to NL (clearing the LVB of an EX lock) and unlock; the error, if any."""

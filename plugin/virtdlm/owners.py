@@ -4,7 +4,10 @@ An owner is one QEMU process: domain uuid + pid + the pid's start time, so that 
 never inherits locks. What an owner holds is recorded once, by the locker
 (``Locker.held_by``); a ``HeldLock`` names its owner. The state directory holds one small
 JSON file per owner (``owners/<uuid>-<pid>.json``), rewritten atomically when that owner's
-locks change; the cost of a change does not grow with the number of other owners.
+locks change; the cost of a change does not grow with the number of other owners. An owner
+also carries its domain's on_lockfailure action (the last one libvirt gave); the state file
+names it only when it is not the default, so files written before actions existed read and
+write back byte for byte.
 """
 
 from __future__ import annotations
@@ -19,6 +22,7 @@ from typing import Any, NamedTuple
 
 from .backends.base import Mode
 from .errors import VirtDlmError
+from .protocol import ACTIONS, DEFAULT_ACTION
 
 log = logging.getLogger(__name__)
 STATE_VERSION = 1
@@ -35,6 +39,7 @@ class Owner:
     pidfd: int = -1
     registered: bool = False  # True while the registration connection is open
     gone: bool = False
+    action: str = DEFAULT_ACTION  # on_lockfailure: the last one given wins (protocol.ACTIONS)
 
     @property
     def key(self) -> OwnerKey:
@@ -72,20 +77,26 @@ class Recorded(NamedTuple):
 
 
 def owner_to_json(owner: Owner, locks: Iterable[HeldLock]) -> dict[str, Any]:
-    return {
+    data: dict[str, Any] = {
         "version": STATE_VERSION,
         "uuid": owner.uuid,
         "name": owner.name,
         "pid": owner.pid,
         "start_time": owner.start_time,
-        "locks": [lk.to_json() for lk in locks],
     }
+    if owner.action != DEFAULT_ACTION:  # optional: older files have no such key
+        data["action"] = owner.action
+    data["locks"] = [lk.to_json() for lk in locks]
+    return data
 
 
 def owner_from_json(data: dict[str, Any]) -> Recorded:
     if data.get("version") != STATE_VERSION:
         raise ValueError(f"state version {data.get('version')!r} is not {STATE_VERSION}")
     owner = Owner(str(data["uuid"]), str(data["name"]), int(data["pid"]), int(data["start_time"]))
+    owner.action = str(data.get("action", DEFAULT_ACTION))
+    if owner.action not in ACTIONS:
+        raise ValueError(f"action {owner.action!r} is not one of {', '.join(ACTIONS)}")
     locks = {}
     for raw in data["locks"]:
         lk = HeldLock(

@@ -27,8 +27,14 @@ MAX_NAME_BYTES = 256
 MAX_PID = 4194304
 
 OWNER_OPS = frozenset({"register", "acquire", "release", "inquire"})
+ACTION_OPS = frozenset({"register", "acquire"})  # the ops that carry the owner's action
 QUERY_OPS = frozenset({"status", "locks"})
 OPS = OWNER_OPS | QUERY_OPS
+
+# on_lockfailure, as libvirt's virDomainLockFailureAction names it (0..4, in this order);
+# "default" is poweroff, as with sanlock (virtdlm.lockfailure).
+ACTIONS = ("default", "poweroff", "restart", "pause", "ignore")
+DEFAULT_ACTION = "default"
 
 _UUID_RE = re.compile(r"^[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}$")
 
@@ -169,6 +175,7 @@ class Request:
     owner: OwnerSpec | None = None
     resources: tuple[ResourceSpec, ...] = field(default_factory=tuple)
     restrict: bool = False
+    action: str = DEFAULT_ACTION  # register, acquire: what to do with the domain on lock loss
 
 
 def _check_keys(obj: dict[str, Any], allowed: set[str], required: set[str], what: str) -> None:
@@ -263,6 +270,7 @@ def parse_request(message: dict[str, Any]) -> Request:
         _check_keys(message, {"v", "op"}, {"v", "op"}, op)
         return Request(op=op)
     allowed = {"v", "op", "owner", "resources"} | ({"restrict"} if op == "register" else set())
+    allowed |= {"action"} if op in ACTION_OPS else set()
     _check_keys(message, allowed, {"v", "op", "owner"}, op)
     raw_resources = message.get("resources", [])
     if not isinstance(raw_resources, list):
@@ -278,7 +286,17 @@ def parse_request(message: dict[str, Any]) -> Request:
         owner=_parse_owner(message["owner"]),
         resources=parse_resources(raw_resources),
         restrict=restrict,
+        action=_action(message, op) if "action" in message else DEFAULT_ACTION,
     )
+
+
+def _action(message: dict[str, Any], op: str) -> str:
+    value = message["action"]
+    if value not in ACTIONS:
+        raise InvalidRequest(
+            f"{op}.action {value!r} is not one of {', '.join(ACTIONS)} (libvirt's on_lockfailure)"
+        )
+    return str(value)
 
 
 def parse_resources(raw: list[Any]) -> tuple[ResourceSpec, ...]:
@@ -295,6 +313,8 @@ def request_message(request: Request) -> dict[str, Any]:
         message["resources"] = [resource_message(r) for r in request.resources]
     if request.op == "register":
         message["restrict"] = request.restrict
+    if request.op in ACTION_OPS:
+        message["action"] = request.action
     return message
 
 

@@ -11,7 +11,9 @@ What an owner holds is the locker's record (``Locker.held_by``); the registry ke
 the owners themselves. Requests change owners under the daemon's decision lock; retiring
 one needs no lock and no wait: it is one step on the event loop that forgets the owner and
 queues the release of its locks on the worker, behind every call queued before it (an
-acquire still pending for that owner then keeps nothing: virtdlm.locker).
+acquire still pending for that owner then keeps nothing: virtdlm.locker). While the
+lockspace takes no calls (virtdlm.health), the release is stranded instead: it waits, off
+the worker, until the lockspace runs again (Locker.strand).
 """
 
 from __future__ import annotations
@@ -19,7 +21,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import os
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 
 from .errors import NoSuchProcess
 from .locker import Locker
@@ -32,10 +34,17 @@ log = logging.getLogger(__name__)
 
 
 class OwnerRegistry:
-    def __init__(self, locker: Locker, store: StateStore, worker: Worker) -> None:
+    def __init__(
+        self,
+        locker: Locker,
+        store: StateStore,
+        worker: Worker,
+        usable: Callable[[], bool] = lambda: True,
+    ) -> None:
         self._locker = locker
         self._store = store
         self._worker = worker
+        self._usable = usable  # the lockspace takes calls now (virtdlm.health)
         self._owners: dict[OwnerKey, Owner] = {}
         self.frozen = False
 
@@ -117,6 +126,9 @@ class OwnerRegistry:
             why,
             len(self._locker.held_by(owner)),
         )
+        if not self._usable():
+            self._locker.strand(owner, None)
+            return
         self._worker.submit(self._locker.release, owner, None)
 
     def freeze(self) -> None:

@@ -1,8 +1,8 @@
 """The daemon's one worker thread: every backend call runs there, in order, under a deadline.
 
 libdlm is used single-threaded, and its calls block; running them on one thread off the
-event loop keeps both true. A backend that never blocks (the in-process model) is called
-inline instead, which saves two thread switches per request.
+event loop keeps both true. A backend that never blocks is called inline instead, which
+saves two thread switches per request (the model blocks too: on a stopped lockspace).
 
 A call whose caller stops waiting (its deadline passed, the request was answered TIMEOUT)
 is never cancelled: a blocked DLM call cannot be taken back, and a call queued behind it
@@ -100,9 +100,10 @@ class Worker:
         except Exception as err:  # logged: nobody else will see it
             self._unwaited(call, err)
 
-    def shutdown(self) -> None:
-        """Wait for the calls in progress and queued, then end the thread."""
-        self._executor.shutdown(wait=True)
+    def shutdown(self, wait: bool = True) -> None:
+        """Wait for the calls in progress and queued, then end the thread. Without `wait`
+        (a lockspace that takes no calls: one may block for ever) return at once."""
+        self._executor.shutdown(wait=wait)
 
     # -- the race with the deadline ---------------------------------------------------------
 

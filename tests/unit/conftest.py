@@ -1,4 +1,5 @@
-"""Fixtures of the unit tier: short temp dirs, a model server, daemons, fake QEMUs."""
+"""Fixtures of the unit tier: short temp dirs, a model server, daemons, fake QEMUs, and an
+in-process node with the libvirt test driver for lock-health tests (health_node.py)."""
 
 from __future__ import annotations
 
@@ -6,12 +7,18 @@ import os
 import shutil
 import tempfile
 from collections.abc import Callable, Iterator
+from dataclasses import replace
 from typing import Any
 
+import libvirt
 import pytest
 
+from virtdlm.backends.model import ModelDlm
+from virtdlm.config import Config
 from virtdlm.protocol import DiskSpec, ResourceSpec
 
+from .daemon_thread import DaemonThread
+from .health_node import HEALTH_INTERVAL_S, NODE_ID, QUORUM_GRACE_S, TEST_URI, Node
 from .procs import DaemonProc, FakeQemu, ModelServerProc
 
 
@@ -90,3 +97,46 @@ def images(short_dir: str) -> dict[str, str]:
 
 def disk(path: str, readonly: bool = False, shared: bool = False) -> DiskSpec:
     return DiskSpec(path=path, readonly=readonly, shared=shared)
+
+
+@pytest.fixture
+def virt() -> Iterator[Any]:
+    """The test's connection to test:///default; while it is open, the driver's state lives."""
+    conn = libvirt.open(TEST_URI)
+    yield conn
+    for dom in conn.listAllDomains():
+        if dom.name().startswith("vm-"):
+            persistent = dom.isPersistent()  # a transient domain is gone once destroyed
+            if dom.isActive():
+                dom.destroy()
+            if persistent:
+                dom.undefine()
+    conn.close()
+
+
+@pytest.fixture
+def make_node(short_dir: str, virt: Any) -> Iterator[Callable[..., Node]]:
+    """virtdlmd in this process as node-a of a fresh model DLM (health_node.py); keyword
+    arguments override its Config."""
+    started: list[Node] = []
+
+    def make(**overrides: Any) -> Node:
+        config = Config(
+            backend="model",
+            node_name="node-a",
+            socket_path=os.path.join(short_dir, "d.sock"),
+            state_dir=os.path.join(short_dir, "state"),
+            health_interval_s=HEALTH_INTERVAL_S,
+            quorum_grace_s=QUORUM_GRACE_S,
+            lockfailure_uri=TEST_URI,
+        )
+        dlm = ModelDlm()
+        vdl = DaemonThread(replace(config, **overrides), dlm.session(NODE_ID))
+        node = Node(vdl.start(), dlm, virt)
+        started.append(node)
+        return node
+
+    yield make
+    for node in started:
+        node.fault()  # healthy: no call of the daemon's stays blocked in the model
+        node.vdl.stop()

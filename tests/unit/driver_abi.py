@@ -26,7 +26,12 @@ RESOURCE_READONLY = 1
 RESOURCE_SHARED = 2
 ACQUIRE_REGISTER_ONLY = 1
 ACQUIRE_RESTRICT = 2
+# virDomainLockFailureAction (libvirt's conf), the drvAcquire `action`, in libvirt's order
 ACTION_DEFAULT = 0
+ACTION_POWEROFF = 1
+ACTION_RESTART = 2
+ACTION_PAUSE = 3
+ACTION_IGNORE = 4
 
 PARAM_STRING = 0
 PARAM_CSTRING = 1
@@ -231,14 +236,16 @@ class DriverHandle:
             RESOURCE_TYPE_LEASE, key, lease_params(path, offset, lockspace), flags
         )
 
-    def acquire(self, flags: int = 0, state: str | None = None) -> tuple[int, int]:
+    def acquire(
+        self, flags: int = 0, state: str | None = None, action: int = ACTION_DEFAULT
+    ) -> tuple[int, int]:
         """Returns (rc, fd); fd stays -1 unless REGISTER_ONLY hands over the socket."""
         fd = ctypes.c_int(-1)
         rc = self.table.drvAcquire(
             ctypes.byref(self.manager),
             state.encode() if state is not None else None,
             flags,
-            ACTION_DEFAULT,
+            action,
             ctypes.byref(fd),
         )
         return int(rc), fd.value

@@ -27,6 +27,7 @@ _STRING = re.compile(r'^"((?:[^"\\]|\\.)*)"$')
 _ENUM = re.compile(r"\benum\s*\{([^}]*)\}")
 _ENUM_ITEM = re.compile(r"\b(VDL_\w+)\s*=\s*(\d+)")
 _MAP_ROW = re.compile(r"\{\s*(VDL_CODE_\w+)\s*,\s*(VDL_ERR_\w+)\s*\}")
+_ACTION_ROW = re.compile(r"\[\s*(VDL_LOCK_FAILURE_\w+)\s*\]\s*=\s*\"(\w+)\"")
 _DOC_ROW = re.compile(
     r"^\|\s*(\d+)\s*\|\s*`(\w+)`\s*\|.*\|\s*`(VIR_ERR_\w+)`\s*\((\d+)\)\s*\|$", re.M
 )
@@ -101,6 +102,18 @@ def error_map() -> dict[int, int]:
         assert codes[code] not in mapped, f"{code} is mapped twice"
         mapped[codes[code]] = int_define(err)
     return mapped
+
+
+def action_names() -> dict[int, str]:
+    """vdlActionName's table: drvAcquire's action number -> the name sent as "action"."""
+    rows = _ACTION_ROW.findall(source_text())
+    assert rows, "the lock failure action names (vdlActionName) not found"
+    named: dict[int, str] = {}
+    for macro, name in rows:
+        number = int_define(macro)
+        assert number not in named, f"{macro} is named twice"
+        named[number] = name
+    return named
 
 
 def documented_error_map() -> dict[int, tuple[str, str, int]]:

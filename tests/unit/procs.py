@@ -43,6 +43,16 @@ def _reap(proc: subprocess.Popen[bytes], sig: int = signal.SIGTERM) -> None:
             proc.wait(STOP_TIMEOUT_S)
 
 
+def _conf_value(value: object) -> str:
+    """A value as qemu-dlm.conf writes it: "string", 1.5, or an integer (booleans: 0/1)."""
+    if isinstance(value, str):
+        return json.dumps(value)
+    if isinstance(value, float):
+        return repr(value)
+    assert isinstance(value, int), value
+    return str(int(value))
+
+
 def _socket_answers(path: str) -> bool:
     import socket
 
@@ -96,7 +106,7 @@ class DaemonProc:
         path = os.path.join(self.directory, "qemu-dlm.conf")
         with open(path, "w", encoding="utf-8") as f:
             for key, value in self.config.items():
-                f.write(f"{key} = {json.dumps(value) if isinstance(value, str) else int(value)}\n")
+                f.write(f"{key} = {_conf_value(value)}\n")
         return path
 
     def start(self) -> DaemonProc:
@@ -164,6 +174,7 @@ class FakeQemu:
     name: str
     proc: subprocess.Popen[bytes]
     disks: list[ResourceSpec] = field(default_factory=list)
+    action: str = "default"  # the domain's on_lockfailure, sent with register and acquire
 
     @classmethod
     def start(
@@ -173,8 +184,10 @@ class FakeQemu:
         disks: list[ResourceSpec],
         register: bool = True,
         restrict: bool = True,
+        action: str = "default",
+        uuid: str | None = None,
     ) -> FakeQemu:
-        uid = str(uuid_mod.uuid4())
+        uid = uuid or str(uuid_mod.uuid4())
         proc = subprocess.Popen(
             [
                 PY,
@@ -185,6 +198,7 @@ class FakeQemu:
                 json.dumps([resource_message(d) for d in disks]),
                 "register" if register else "idle",
                 "restrict" if restrict else "open",
+                action,
             ],
             env=_env(),
             stdout=subprocess.PIPE,
@@ -195,7 +209,7 @@ class FakeQemu:
         if line != "ready":
             _reap(proc, signal.SIGKILL)
             raise AssertionError(f"fake qemu {name}: {line} {proc.stderr.read().decode()}")
-        return cls(uid, name, proc, disks)
+        return cls(uid, name, proc, disks, action)
 
     @property
     def pid(self) -> int:
@@ -207,7 +221,8 @@ class FakeQemu:
 
     def acquire_request(self, disks: list[ResourceSpec] | None = None) -> Request:
         """acquire of its disks (or of `disks`) for this QEMU."""
-        return Request("acquire", self.owner, tuple(self.disks if disks is None else disks))
+        disks = self.disks if disks is None else disks
+        return Request("acquire", self.owner, tuple(disks), action=self.action)
 
     def release_request(self, disks: list[ResourceSpec] | None = None) -> Request:
         """release of its disks (or of `disks`; [] = everything it holds)."""

@@ -23,6 +23,34 @@ def test_defaults() -> None:
     )
 
 
+def test_lock_failure_defaults() -> None:
+    c = Config()
+    assert (c.health_interval_s, c.quorum_grace_s, c.lockfailure_uri) == (
+        2.0,
+        10.0,
+        "qemu:///system",
+    )
+
+
+@pytest.mark.parametrize(
+    ("text", "key", "value"),
+    [
+        ("health_interval_s = 5\n", "health_interval_s", 5.0),
+        ("health_interval_s = 0.25   # fast\n", "health_interval_s", 0.25),
+        ("quorum_grace_s = 0\n", "quorum_grace_s", 0.0),
+        ("quorum_grace_s = 30.5\n", "quorum_grace_s", 30.5),
+        ('lockfailure_uri = "test:///default"\n', "lockfailure_uri", "test:///default"),
+        (
+            'lockfailure_uri = "qemu+ssh://host/system"\n',
+            "lockfailure_uri",
+            "qemu+ssh://host/system",
+        ),
+    ],
+)
+def test_lock_failure_keys(text: str, key: str, value: object) -> None:
+    assert getattr(parse_config(text), key) == value
+
+
 def test_full_file_with_comments_and_quotes() -> None:
     c = parse_config(
         "# a comment\n"
@@ -50,6 +78,16 @@ def test_full_file_with_comments_and_quotes() -> None:
         ("just words\n", 1, "expected 'key = value'"),
         ('backend = "dlm"\nbackend = "model"\n', 2, "backend is already set on line 1"),
         ('allowed_group = "no-such-group-xyz"\n', 1, "no such group"),
+        ("\nhealth_interval_s = -1\n", 2, "health_interval_s -1 must be more than 0 and at"),
+        ("health_interval_s = 0\n", 1, "health_interval_s 0 must be more than 0"),
+        ("health_interval_s = 61\n", 1, "must be more than 0 and at most 60 seconds"),
+        ('health_interval_s = "2"\n', 1, "health_interval_s must be a number of seconds"),
+        ("health_interval_s = 2s\n", 1, "expected a quoted string or a number, got '2s'"),
+        ("quorum_grace_s = -0.5\n", 1, "quorum_grace_s -0.5 must not be negative"),
+        ("lockfailure_uri = 1\n", 1, "lockfailure_uri must be a quoted string"),
+        ('lockfailure_uri = "system"\n', 1, "lockfailure_uri 'system' is not a libvirt URI"),
+        ("model_node_id = 1.5\n", 1, "model_node_id must be a positive integer, got 1.5"),
+        ("purge_orphans = 1.0\n", 1, "purge_orphans must be 0 or 1, got 1.0"),
     ],
 )
 def test_bad_config_names_file_line_and_reason(text: str, line: int, reason: str) -> None:

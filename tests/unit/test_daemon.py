@@ -273,3 +273,22 @@ def test_state_file_of_an_older_daemon_is_read_and_written_back_unchanged(short_
     store.save(owner, recorded.locks)
     with open(path, encoding="utf-8") as f:
         assert f.read() == STATE_FILE_V1
+
+
+def test_state_file_names_an_action_other_than_the_default(short_dir: str) -> None:
+    store = StateStore(short_dir)
+    path = os.path.join(store.dir, f"{STATE_UUID}-4242.json")
+    with open(path, "w", encoding="utf-8") as f:
+        f.write(STATE_FILE_V1)
+    (recorded,) = store.load()
+    recorded.owner.action = "pause"
+    store.save(recorded.owner, recorded.locks)
+    with open(path, encoding="utf-8") as f:
+        text = f.read()
+    assert text == STATE_FILE_V1.replace(',"locks"', ',"action":"pause","locks"')
+    (again,) = store.load()
+    assert again.owner.action == "pause"
+    with open(path, "w", encoding="utf-8") as f:
+        f.write(text.replace('"pause"', '"reboot"'))
+    assert store.load() == [], "an unknown action is refused: the file is set aside"
+    assert os.path.exists(f"{path}.bad")

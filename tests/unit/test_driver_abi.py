@@ -491,6 +491,7 @@ def test_register_sends_the_owner_and_hands_over_an_inheritable_socket(
                 disk("/srv/cd.iso", readonly=True, shared=True),
             ],  # fmt: skip
             "restrict": True,
+            "action": "default",
         }
         assert stat.S_ISSOCK(os.fstat(fd).st_mode)
         assert fcntl.fcntl(fd, fcntl.F_GETFD) & fcntl.FD_CLOEXEC == 0, "QEMU must inherit it"
@@ -533,8 +534,81 @@ def test_libvirtd_calls_send_one_request_and_close(
     assert daemon.request() == {
         "v": V, "op": op, "owner": owner(os.getpid()),
         "resources": [disk("/srv/share.raw", shared=True)],
+        **({"action": "default"} if op == "acquire" else {}),
     }  # fmt: skip
     assert daemon.closed_by_client()
+
+
+ACTION_CASES = [
+    # id, drvAcquire action, what "action" the daemon gets (None: refused before any call)
+    ("default", abi.ACTION_DEFAULT, "default"),
+    ("poweroff", abi.ACTION_POWEROFF, "poweroff"),
+    ("restart", abi.ACTION_RESTART, "restart"),
+    ("pause", abi.ACTION_PAUSE, "pause"),
+    ("ignore", abi.ACTION_IGNORE, "ignore"),
+    ("one past ignore", abi.ACTION_IGNORE + 1, None),
+    ("negative", -1, None),
+]  # fmt: skip
+
+
+@pytest.mark.parametrize("register", [True, False], ids=["register", "acquire"])
+@pytest.mark.parametrize(
+    ("action", "sent"), [case[1:] for case in ACTION_CASES], ids=[case[0] for case in ACTION_CASES]
+)
+def test_on_lockfailure_goes_to_the_daemon_by_name(
+    driver: abi.DriverHandle,
+    short_dir: str,
+    fake_daemon: Callable[..., FakeDaemon],
+    capfd: pytest.CaptureFixture[str],
+    register: bool,
+    action: int,
+    sent: str | None,
+) -> None:
+    """libvirt passes the domain's on_lockfailure both at the pre-exec register and at the
+    acquire; the driver names it on the wire, and refuses a number libvirt does not define."""
+    daemon = fake_daemon(OK)
+    ready(driver, daemon.path, short_dir)
+    flags = abi.ACQUIRE_REGISTER_ONLY | abi.ACQUIRE_RESTRICT if register else 0
+    rc, fd = driver.acquire(flags, action=action)
+    if fd >= 0:
+        os.close(fd)
+    err = capfd.readouterr().err
+    if sent is None:
+        assert (rc, fd) == (-1, -1)
+        assert err == (
+            f"dlm: unsupported lock failure action {action} in function vdlAcquire (libvirt's "
+            "on_lockfailure is 0..4: default, poweroff, restart, pause, ignore)\n"
+        )
+        assert daemon.requests == [], "refused before any connection"
+        return
+    assert rc == 0 and err == ""
+    assert daemon.request()["action"] == sent
+    assert daemon.request()["op"] == ("register" if register else "acquire")
+
+
+@pytest.mark.parametrize(
+    ("flags", "op"),
+    [(abi.ACQUIRE_REGISTER_ONLY | abi.ACQUIRE_RESTRICT, "register"), (0, "acquire")],
+    ids=["register", "acquire"],
+)
+def test_an_older_virtdlmd_that_refuses_the_action_is_named_as_such(
+    driver: abi.DriverHandle,
+    short_dir: str,
+    fake_daemon: Callable[..., FakeDaemon],
+    capfd: pytest.CaptureFixture[str],
+    flags: int,
+    op: str,
+) -> None:
+    """What a virtdlmd from before on_lockfailure answers (protocol.parse_request's words)."""
+    old = refusal(ErrorCode.INVALID_REQUEST, f"{op}: unknown field(s) action")
+    daemon = fake_daemon(old)
+    ready(driver, daemon.path, short_dir)
+    assert driver.acquire(flags, action=abi.ACTION_PAUSE) == (-1, -1)
+    assert capfd.readouterr().err == (
+        "dlm: virtdlmd is older than this driver: it does not know on_lockfailure "
+        f'("action": "pause" in {op}); restart virtdlmd from the same build as dlm.so '
+        f"(socket {daemon.path})\n"
+    )
 
 
 def test_strings_are_escaped(
@@ -562,6 +636,9 @@ REPLY_CASES = [
      {**OK, "status": {"a": [1, {"b": "}"}], "c": None}, "x": -1.5e3}, 0, -1, ""),
     ("busy", "acquire", busy(), -1, -1, f"dlm: {BUSY_MESSAGE}\n"),
     ("busy at register", "register", busy(), -1, -1, f"dlm: {BUSY_MESSAGE}\n"),
+    ("another unknown field", "acquire",
+     refusal(ErrorCode.INVALID_REQUEST, "acquire: unknown field(s) actions"), -1, -1,
+     "dlm: acquire: unknown field(s) actions\n"),
     ("escapes in message", "release",
      refusal(ErrorCode.BACKEND, 'a\\b "c"\nd\u00e9\u20ac\u0001'), -1, None,
      'dlm: a\\b "c"\nd\u00e9\u20ac\x01\n'),
@@ -645,7 +722,10 @@ def test_a_real_virtdlmd_reads_what_the_driver_sends(
     try:
         assert driver.new(UUID, NAME, DOMAIN_ID, os.getpid()) == 0
         assert driver.add_disk(one) == 0
-        assert driver.acquire() == (0, -1)  # in libvirt, just before the CPUs start
+        assert driver.acquire(action=abi.ACTION_RESTART) == (0, -1)  # before the CPUs start
+        with open(os.path.join(daemon.config["state_dir"], "owners", f"{UUID}-{os.getpid()}.json"),
+                  encoding="utf-8") as f:  # fmt: skip
+            assert json.load(f)["action"] == "restart", "virtdlmd keeps the owner's action"
         assert driver.inquire() == (0, None)
         driver.free()
         with subprocess.Popen(["sleep", "60"]) as other:  # a second QEMU, same disk

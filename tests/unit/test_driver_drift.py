@@ -115,6 +115,17 @@ def test_libvirt_error_numbers_are_libvirts(c_name: str, libvirt_name: str) -> N
     assert src.define(c_name) == getattr(libvirt, libvirt_name)
 
 
+# -- on_lockfailure: libvirt's numbers, the driver's names, the protocol's names ---------------
+
+
+def test_the_driver_names_each_lock_failure_action_as_the_protocol_does() -> None:
+    """drvAcquire's action is libvirt's virDomainLockFailureAction (0..4, FACTS §1); the
+    driver sends the protocol's name for each, in libvirt's order."""
+    assert src.action_names() == dict(enumerate(protocol.ACTIONS))
+    mirror = {name: getattr(abi, f"ACTION_{name.upper()}") for name in protocol.ACTIONS}
+    assert mirror == {name: number for number, name in enumerate(protocol.ACTIONS)}
+
+
 # -- the ABI: dlm_driver.h and its ctypes mirror ---------------------------------------------
 
 

@@ -90,7 +90,7 @@ def shim() -> Iterator[ctypes.CDLL]:
         lib.vdlShimScanReply.restype = c.c_int
         strings = c.POINTER(c.c_char_p)
         lib.vdlShimBuildRequest.argtypes = [
-            c.c_char_p, c.c_int, c.c_char_p, c.c_char_p, c.c_int, c.c_uint, c.c_size_t,
+            c.c_char_p, c.c_int, c.c_char_p, c.c_char_p, c.c_char_p, c.c_int, c.c_uint, c.c_size_t,
             c.POINTER(c.c_uint), c.POINTER(c.c_uint), strings, strings, strings,
             c.POINTER(c.c_ulonglong), c.c_char_p, c.POINTER(c.c_size_t),
         ]  # fmt: skip
@@ -145,14 +145,20 @@ class Owner:
 
 
 def build(
-    lib: ctypes.CDLL, op: str, restrict: int, owner: Owner, resources: list[Res]
+    lib: ctypes.CDLL,
+    op: str,
+    restrict: int,
+    owner: Owner,
+    resources: list[Res],
+    action: str | None = None,
 ) -> tuple[int, bytes]:
     n = len(resources)
     strings = ctypes.c_char_p * max(n, 1)
     out = ctypes.create_string_buffer(lib.vdlShimFrameCapacity())
     length = ctypes.c_size_t(0)
     rc = lib.vdlShimBuildRequest(
-        op.encode(), restrict, owner.uuid.encode(), owner.name, owner.id, owner.pid, n,
+        op.encode(), restrict, action.encode() if action is not None else None,
+        owner.uuid.encode(), owner.name, owner.id, owner.pid, n,
         (ctypes.c_uint * max(n, 1))(*[0 if r.disk else 1 for r in resources]),
         (ctypes.c_uint * max(n, 1))(*[r.flags for r in resources]),
         strings(*[r.name for r in resources]),
@@ -175,7 +181,9 @@ def c_string(raw: bytes) -> bytes:
     return b'"' + raw + b'"'
 
 
-def c_request(op: str, restrict: int, owner: Owner, resources: list[Res]) -> bytes:
+def c_request(
+    op: str, restrict: int, owner: Owner, resources: list[Res], action: str | None = None
+) -> bytes:
     items = []
     for r in resources:
         if r.disk:
@@ -191,6 +199,7 @@ def c_request(op: str, restrict: int, owner: Owner, resources: list[Res]) -> byt
                    r.offset)
             )  # fmt: skip
     tail = b"" if restrict < 0 else b',"restrict":' + (b"true" if restrict else b"false")
+    tail += b"" if action is None else b',"action":' + c_string(action.encode())
     return b'{"v":%d,"op":"%s","owner":{"uuid":"%s","name":%s,"id":%d,"pid":%d},' % (
         protocol.PROTOCOL_VERSION, op.encode(), owner.uuid.encode(), c_string(owner.name),
         owner.id, owner.pid,
@@ -391,12 +400,13 @@ def test_the_scanner_follows_the_json_grammar(
     restrict=st.sampled_from([-1, 0, 1]),
     owner=owners(),
     res=st.lists(resources(), max_size=6),
+    action=st.none() | st.sampled_from(protocol.ACTIONS),
 )
 def test_the_writer_escapes_exactly_as_documented(
-    shim: ctypes.CDLL, op: str, restrict: int, owner: Owner, res: list[Res]
+    shim: ctypes.CDLL, op: str, restrict: int, owner: Owner, res: list[Res], action: str | None
 ) -> None:
-    rc, frame = build(shim, op, restrict, owner, res)
-    body = c_request(op, restrict, owner, res)
+    rc, frame = build(shim, op, restrict, owner, res, action)
+    body = c_request(op, restrict, owner, res, action)
     assert rc == 0
     assert frame == struct.pack(">I", len(body)) + body
 
@@ -452,12 +462,14 @@ def daemon_resources(draw: st.DrawFn) -> Res:
     owner=owners(utf8_names, st.integers(-1, 2**31 - 1), st.integers(1, protocol.MAX_PID)),
     res=st.lists(daemon_resources(), max_size=6),
     restrict=st.booleans(),
+    action=st.sampled_from(protocol.ACTIONS),
 )
 def test_virtdlmd_reads_the_request_the_writer_meant(
-    shim: ctypes.CDLL, op: str, owner: Owner, res: list[Res], restrict: bool
+    shim: ctypes.CDLL, op: str, owner: Owner, res: list[Res], restrict: bool, action: str
 ) -> None:
     flag = int(restrict) if op == "register" else -1
-    rc, frame = build(shim, op, flag, owner, res)
+    sent = action if op in protocol.ACTION_OPS else None  # dlm_driver.c: register, acquire
+    rc, frame = build(shim, op, flag, owner, res, sent)
     assert rc == 0
     request = protocol.parse_request(protocol.decode_body(frame[protocol.HEADER.size :]))
     want = [
@@ -473,4 +485,5 @@ def test_virtdlmd_reads_the_request_the_writer_meant(
         protocol.OwnerSpec(owner.uuid, owner.name.decode(), owner.id, owner.pid),
         tuple(want),
         restrict if op == "register" else False,
+        action if sent is not None else protocol.DEFAULT_ACTION,
     )

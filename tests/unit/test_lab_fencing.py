@@ -34,7 +34,9 @@ def test_fence_virtd_listens_on_the_bridge_only_and_allows_only_the_lab_nodes() 
     groups = text[text.index("groups {") :]
     for m in MEMBERS:
         assert f'uuid = "{m.uuid}";' in groups and f'ip = "{m.ip}";' in groups
-    assert groups.count("uuid =") == 2 and groups.count("ip =") == 2
+        # dlm.conf's plug= names the domain: fence_virtd matches it against `uuid =` too
+        assert f'uuid = "{m.domain}";' in groups
+    assert groups.count("uuid =") == 4 and groups.count("ip =") == 2
     # balanced braces: fence_virtd's parser refuses the whole file otherwise
     assert text.count("{") == text.count("}")
 

@@ -16,7 +16,7 @@ from testinfra.host import Host
 from lab.command import CommandTimeout
 from lab.nodes.health import node_checks, parse_lock_manager
 from lab.nodes.node import Deadlines, Node, SshConfig, parse_ssh_config, remote_command
-from lab.settings import REPO
+from lab.settings import REPO, lab_prefix
 from lab.wait import LabError, WaitTimeout, bounded_call
 
 from .test_lab_cluster import DLM_LS, QUORUM
@@ -94,6 +94,13 @@ def test_bounded_call_gives_up_at_the_deadline_and_unblocks_the_call() -> None:
 
 # -- the health rows, over testinfra's modules ----------------------------------------------
 
+DLM_CONF = "enable_fencing=1\nprotocol=tcp\ndevice virt /usr/sbin/fence_virt ipaddr=...\n"
+FENCE_LIST = "fence_virt -T 192.168.123.1 -p 1229 -t 15 -o list"
+SETTINGS = {
+    "mount_point": "/var/lib/libvirt/shared",
+    "fencing": True,
+    "management_subnet": "192.168.123.0/24",
+}
 MOUNTS = "node-a:/srv/images /var/lib/libvirt/shared nfs rw,vers=3,local_lock=all 0 0\n"
 STATUS = {"backend": "libdlm", "node_id": 1, "locks": 0}
 QEMU_CONF = '# lock manager\nlock_manager = "dlm"\n'
@@ -113,6 +120,11 @@ HEALTHY = {
     "pidof libvirtd": (0, "812\n"),
     "grep -qs -- lock-driver/dlm.so /proc/812/maps": (0, ""),
     "cat -- /etc/libvirt/qemu.conf": (0, QEMU_CONF),
+    "cat -- /etc/dlm/dlm.conf": (0, DLM_CONF),
+    FENCE_LIST: (
+        0,
+        f"{lab_prefix()}node-a  {'1' * 32}  on\n{lab_prefix()}node-b  {'2' * 32}  on\n",
+    ),
 }
 ROWS = [
     ("corosync quorate, 2 members", "quorate=True members=2"),
@@ -120,6 +132,10 @@ ROWS = [
     ("nfs share mounted", "nfs node-a:/srv/images"),
     ("virtdlmd up, backend libdlm", "backend=libdlm node_id=1 locks=0"),
     ("libvirtd uses the dlm lock manager", 'lock_manager = "dlm"'),
+    (
+        "fencing (fence_virt -o list)",
+        "on: fence_virt reaches 192.168.123.1:1229, lists both nodes",
+    ),
 ]
 
 
@@ -156,15 +172,27 @@ def canned_node(answers: dict[str, tuple[int, str]]) -> Node:
         ({"cat /proc/mounts": (0, "")}, 2, "/var/lib/libvirt/shared not mounted"),
         ({"virtdlm status --json": (0, '{"backend": "model"}')}, 3, "backend=model"),
         ({"grep -qs -- lock-driver/dlm.so /proc/812/maps": (1, "")}, 4, "dlm.so not loaded"),
+        ({FENCE_LIST: (1, "Timed out waiting for response\n")}, 5, "Timed out"),
+        ({FENCE_LIST: (0, "")}, 5, "fence_virtd lists []"),
+        ({"cat -- /etc/dlm/dlm.conf": (0, "enable_fencing=0\n")}, 5, "does not enable fencing"),
     ],
-    ids=["healthy", "not-quorate", "corosync-down", "no-lockspace", "unmounted", "model", "nop"],
+    ids=[
+        "healthy",
+        "not-quorate",
+        "corosync-down",
+        "no-lockspace",
+        "unmounted",
+        "model",
+        "nop",
+        "fence-host-unreachable",
+        "fence-lists-nothing",
+        "fencing-not-in-dlm-conf",
+    ],
 )
 def test_health_rows_check_what_they_say(
     changes: dict[str, tuple[int, str]], failed_row: int | None, detail: str
 ) -> None:
-    checks = node_checks(
-        canned_node({**HEALTHY, **changes}), {"mount_point": "/var/lib/libvirt/shared"}
-    )
+    checks = node_checks(canned_node({**HEALTHY, **changes}), SETTINGS)
     assert [c.name for c in checks] == [name for name, _ in ROWS]
     for i, (check, (_, healthy_detail)) in enumerate(zip(checks, ROWS, strict=True)):
         assert check.node == "node-a"
@@ -172,6 +200,14 @@ def test_health_rows_check_what_they_say(
             assert not check.ok and detail in check.detail, check
         else:
             assert check.ok and check.detail == healthy_detail, check
+
+
+def test_without_fencing_the_row_says_the_lab_is_unsafe() -> None:
+    node = canned_node({**HEALTHY, "cat -- /etc/dlm/dlm.conf": (0, "enable_fencing=0\n")})
+    row = node_checks(node, {**SETTINGS, "fencing": False})[-1]
+    assert row.ok and "UNSAFE under a network partition" in row.detail, row
+    enabled = node_checks(canned_node(HEALTHY), {**SETTINGS, "fencing": False})[-1]
+    assert not enabled.ok and "fencing: false, but dlm.conf enables fencing" in enabled.detail
 
 
 def test_lock_manager_line() -> None:

@@ -3,15 +3,13 @@
 In the lab the DLM blocked while a lost node awaited fencing; an acquire gave up, libvirt
 killed that QEMU, and minutes later the DLM granted the acquire anyway: the disk stayed
 locked exclusively by a process that no longer existed. Here virtdlmd runs in this process,
-on its own event loop thread, over a model DLM whose calls wait at a gate the test closes
-and opens (a DLM awaiting fencing holds every call the same way). The daemon's deadline is
-cut to REQUEST_TIMEOUT_S so that each test takes a second or two.
+on its own event loop thread (daemon_thread.py), over a model DLM whose calls wait at a gate
+the test closes and opens (a DLM awaiting fencing holds every call the same way). The
+daemon's deadline is cut to REQUEST_TIMEOUT_S so that each test takes a second or two.
 """
 
 from __future__ import annotations
 
-import asyncio
-import contextlib
 import logging
 import os
 import threading
@@ -24,14 +22,12 @@ import pytest
 
 from lab.wait import wait_for
 from virtdlm.backends.base import LockFlags, Mode
-from virtdlm.backends.model import ModelDlm
-from virtdlm.client import Client
+from virtdlm.backends.model import ModelDlm, ModelHealthProbe
 from virtdlm.config import Config
-from virtdlm.daemon import Daemon
 from virtdlm.errors import BackendError
-from virtdlm.protocol import Request
 
 from .conftest import disk
+from .daemon_thread import DaemonThread
 from .procs import FakeQemu
 
 REQUEST_TIMEOUT_S = 1.0  # the daemon's deadline here (25 s in production)
@@ -40,8 +36,6 @@ GATE_LIMIT_S = 15.0  # a call held at the gate fails if the test never opens it
 HELD_WITHIN_S = 2.0  # a request reaches the closed gate within this
 REPLY_SLACK_S = 2.0  # a reply comes within the deadline plus this
 SETTLE_S = 3.0  # once the gate opens, a late call has ended within this
-START_TIMEOUT_S = 10.0
-STOP_TIMEOUT_S = 10.0
 
 
 class GatedBackend:
@@ -99,65 +93,27 @@ class GatedBackend:
     def close(self) -> None:
         self._session.close()
 
+    def health_probe(self) -> ModelHealthProbe:
+        return self._session.health_probe()
 
-class DaemonThread:
-    """virtdlmd (the real Daemon, socket and all) on an event loop thread of this process."""
+
+class GatedDaemonThread(DaemonThread):
+    """virtdlmd in this process over a GatedBackend on a fresh model DLM."""
 
     def __init__(self, directory: str, request_timeout_s: float) -> None:
         self.dlm = ModelDlm()
-        self.backend = GatedBackend(self.dlm)
-        self.config = Config(
+        self.gated = GatedBackend(self.dlm)
+        config = Config(
             backend="model",
             node_name="node-a",
             socket_path=os.path.join(directory, "d.sock"),
             state_dir=os.path.join(directory, "state"),
         )
-        self.request_timeout_s = request_timeout_s
-        self._ready = threading.Event()
-        self._failed: BaseException | None = None
-        self._loop: asyncio.AbstractEventLoop | None = None
-        self._serving: asyncio.Future[None] | None = None
-        self._thread = threading.Thread(target=asyncio.run, args=(self._main(),), name="virtdlmd")
-
-    @property
-    def socket(self) -> str:
-        return self.config.socket_path
-
-    def start(self) -> DaemonThread:
-        self._thread.start()
-        assert self._ready.wait(START_TIMEOUT_S), "virtdlmd did not start"
-        assert self._failed is None, f"virtdlmd failed to start: {self._failed!r}"
-        return self
-
-    async def _main(self) -> None:
-        self._loop = asyncio.get_running_loop()
-        daemon = Daemon(self.config, lambda: self.backend, self.request_timeout_s)
-        try:
-            await daemon.start()
-        except BaseException as err:  # reported by start() in the test's thread
-            self._failed = err
-            self._ready.set()
-            return
-        self._serving = asyncio.ensure_future(daemon.serve_forever())
-        self._ready.set()
-        with contextlib.suppress(asyncio.CancelledError):
-            await self._serving
-        await daemon.stop()
+        super().__init__(config, self.gated, request_timeout_s)
 
     def stop(self) -> None:
-        self.backend.open_gate()
-        if self._loop is not None and self._serving is not None:
-            self._loop.call_soon_threadsafe(self._serving.cancel)
-        self._thread.join(STOP_TIMEOUT_S)
-        assert not self._thread.is_alive(), "virtdlmd did not stop"
-
-    def send(self, request: Request) -> dict[str, Any]:
-        with Client(self.socket) as client:
-            return client.send(request)
-
-    def status(self) -> dict[str, Any]:
-        with Client(self.socket) as client:
-            return client.status()
+        self.gated.open_gate()
+        super().stop()
 
     def nothing_held(self) -> bool:
         """No lock in the model DLM, none in virtdlmd's record (nor in a call held at the
@@ -166,11 +122,12 @@ class DaemonThread:
 
 
 @pytest.fixture
-def make_vdl(short_dir: str) -> Iterator[Callable[[float], DaemonThread]]:
-    started: list[DaemonThread] = []
+def make_vdl(short_dir: str) -> Iterator[Callable[[float], GatedDaemonThread]]:
+    started: list[GatedDaemonThread] = []
 
-    def make(request_timeout_s: float = REQUEST_TIMEOUT_S) -> DaemonThread:
-        vdl = DaemonThread(short_dir, request_timeout_s).start()
+    def make(request_timeout_s: float = REQUEST_TIMEOUT_S) -> GatedDaemonThread:
+        vdl = GatedDaemonThread(short_dir, request_timeout_s)
+        vdl.start()
         started.append(vdl)
         return vdl
 
@@ -231,7 +188,7 @@ def _assert_code(reply: dict[str, Any], code: int, name: str, *facts: str) -> No
     ],
 )
 def test_an_acquire_that_ends_late_keeps_nothing(
-    make_vdl: Callable[[float], DaemonThread],
+    make_vdl: Callable[[float], GatedDaemonThread],
     make_qemu: Callable[..., FakeQemu],
     images: dict[str, str],
     caplog: pytest.LogCaptureFixture,
@@ -284,7 +241,7 @@ def test_an_acquire_that_ends_late_keeps_nothing(
 
 
 def test_an_acquire_queued_behind_a_held_call_is_dropped_once_its_deadline_passes(
-    make_vdl: Callable[[float], DaemonThread],
+    make_vdl: Callable[[float], GatedDaemonThread],
     make_qemu: Callable[..., FakeQemu],
     images: dict[str, str],
     caplog: pytest.LogCaptureFixture,
@@ -321,7 +278,7 @@ def test_an_acquire_queued_behind_a_held_call_is_dropped_once_its_deadline_passe
 
 
 def test_a_release_queued_behind_a_held_acquire_is_not_lost(
-    make_vdl: Callable[[float], DaemonThread],
+    make_vdl: Callable[[float], GatedDaemonThread],
     make_qemu: Callable[..., FakeQemu],
     images: dict[str, str],
     caplog: pytest.LogCaptureFixture,

@@ -88,6 +88,57 @@ def test_invalid_requests_are_refused_with_a_reason(
     assert text in str(info.value)
 
 
+# -- action: the domain's on_lockfailure, on register and acquire --------------------------
+
+
+@pytest.mark.parametrize("op", sorted(protocol.ACTION_OPS))
+@pytest.mark.parametrize(
+    ("sent", "parsed"),
+    [
+        (None, "default"),
+        ("default", "default"),
+        ("poweroff", "poweroff"),
+        ("restart", "restart"),
+        ("pause", "pause"),
+        ("ignore", "ignore"),
+    ],
+    ids=lambda x: str(x),
+)
+def test_action_is_read_on_register_and_acquire(op: str, sent: str | None, parsed: str) -> None:
+    message = _msg(op=op) if sent is None else _msg(op=op, action=sent)
+    request = protocol.parse_request(message)
+    assert request.action == parsed
+    wire = protocol.request_message(request)
+    assert wire["action"] == parsed  # the client always names it
+    assert protocol.parse_request(wire) == request
+
+
+@pytest.mark.parametrize(
+    ("case", "message", "text"),
+    [
+        (
+            "unknown action",
+            _msg(action="reboot"),
+            "acquire.action 'reboot' is not one of default, poweroff, restart, pause, ignore",
+        ),
+        ("action as a number", _msg(op="register", action=1), "register.action 1 is not one of"),
+        ("action in upper case", _msg(action="PAUSE"), "acquire.action 'PAUSE' is not one of"),
+        ("action on release", _msg(op="release", action="pause"), "unknown field(s) action"),
+        ("action on inquire", _msg(op="inquire", action="pause"), "unknown field(s) action"),
+    ],
+    ids=lambda x: x if isinstance(x, str) and " " in x else "",
+)
+def test_a_bad_action_is_an_invalid_request(case: str, message: dict[str, Any], text: str) -> None:
+    with pytest.raises(InvalidRequest) as info:
+        protocol.parse_request(message)
+    assert text in str(info.value)
+
+
+def test_release_and_inquire_carry_no_action() -> None:
+    for op in ("release", "inquire"):
+        assert "action" not in protocol.request_message(protocol.parse_request(_msg(op=op)))
+
+
 @pytest.mark.parametrize("length", [0, protocol.MAX_FRAME_BYTES + 1, 2**32 - 1])
 def test_frame_length_outside_limits_is_a_protocol_error(length: int) -> None:
     with pytest.raises(ProtocolError, match="outside 1..65536"):

@@ -14,7 +14,8 @@
 VDL_SHIM_EXPORT size_t vdlShimFrameCapacity(void);
 VDL_SHIM_EXPORT int vdlShimScanReply(const char *body, size_t len, int *fields,
                                      char *message, char *state, size_t *where);
-VDL_SHIM_EXPORT int vdlShimBuildRequest(const char *op, int restrictFlag, const char *uuid,
+VDL_SHIM_EXPORT int vdlShimBuildRequest(const char *op, int restrictFlag, const char *action,
+                                        const char *uuid,
                                         const char *name, int id, unsigned int pid,
                                         size_t nresources, const unsigned int *types,
                                         const unsigned int *flags, char *const *names,
@@ -57,16 +58,18 @@ int vdlShimScanReply(const char *body, size_t len, int *fields, char *message, c
     return ok;
 }
 
-/* Build one request frame into out (vdlShimFrameCapacity() bytes). 0 / -1 (too long). */
+/* Build one request frame into out (vdlShimFrameCapacity() bytes); action NULL = no "action"
+ * field. 0 / -1 (too long). */
 /* cppcheck-suppress unusedFunction ; called through ctypes */
-int vdlShimBuildRequest(const char *op, int restrictFlag, const char *uuid, const char *name,
-                        int id, unsigned int pid, size_t nresources, const unsigned int *types,
+int vdlShimBuildRequest(const char *op, int restrictFlag, const char *action, const char *uuid,
+                        const char *name, int id, unsigned int pid, size_t nresources,
+                        const unsigned int *types,
                         const unsigned int *flags, char *const *names, char *const *lockspaces,
                         char *const *paths, const unsigned long long *offsets, char *out,
                         size_t *outLen)
 {
     vdlPrivate priv = { .id = id, .pid = pid, .nresources = nresources };
-    vdlCall call = { op, restrictFlag, true };
+    vdlCall call = { op, restrictFlag, true, action };
     vdlBuf buf = { out, 0, false };
     vdlResource *res = calloc(nresources ? nresources : 1, sizeof(*res));
     size_t i;

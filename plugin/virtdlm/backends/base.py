@@ -6,13 +6,19 @@ implementation. Policy (which mode, NL-then-convert, publishing the holder) live
 virtdlm.locker, never here. Backends raise only errors.BackendError and its subclasses:
 LockBusy for a NOQUEUE conflict (EAGAIN), OrphanNotFound (ENOENT) for adopt, BackendError with
 the raw errno for anything else. Calls block; the daemon makes them from one worker thread.
+
+A backend also gives a probe of this node's lock health (``health_probe``): the lockspace's
+state, quorum, a pending fence. The probe answers from any thread while a lock call of the same
+backend is blocked (a DLM call on a stopped lockspace blocks for ever), so it never shares the
+backend's handle or connection. virtdlm.health decides what a reading means.
 """
 
 from __future__ import annotations
 
 import struct
+from dataclasses import asdict, dataclass
 from enum import IntEnum, IntFlag
-from typing import Protocol
+from typing import Any, Protocol
 
 LVB_BYTES = 32
 MAX_RESOURCE_NAME_BYTES = 64
@@ -73,6 +79,48 @@ def lvb_writes(granted: Mode | None, requested: Mode) -> bool:
     return False
 
 
+# The lockspace as this node sees it (HealthReading.lockspace).
+LOCKSPACE_OK = "ok"
+LOCKSPACE_STOPPED = "stopped"  # lock calls block (the kernel stopped it; recovery waits)
+LOCKSPACE_GONE = "gone"  # this node left it: lock calls fail, its locks went with it
+LOCKSPACE_STATES = (LOCKSPACE_OK, LOCKSPACE_STOPPED, LOCKSPACE_GONE)
+
+
+@dataclass(frozen=True)
+class HealthReading:
+    """One reading of a health probe: what its sources said. Times are wall-clock seconds
+    (time.time()) when the source knows since when; None lets the daemon count from the
+    first reading that showed it."""
+
+    lockspace: str = LOCKSPACE_OK  # LOCKSPACE_STATES
+    lockspace_detail: str = ""  # why, e.g. "dlm_controld is not running"
+    lockspace_since: float | None = None
+    quorate: bool | None = None  # None: unknown (no corosync, a tool that did not answer)
+    quorum_detail: str = ""  # what the quorum source said
+    fencing: str = ""  # e.g. "waiting for fencing of node 2" ("" = none pending)
+    fencing_since: float | None = None
+
+    def to_json(self) -> dict[str, Any]:
+        return asdict(self)
+
+    @classmethod
+    def from_json(cls, data: dict[str, Any]) -> HealthReading:
+        reading = cls(**data)
+        if reading.lockspace not in LOCKSPACE_STATES:
+            raise ValueError(
+                f"lockspace state {reading.lockspace!r} is not one of {LOCKSPACE_STATES}"
+            )
+        return reading
+
+
+class HealthProbe(Protocol):
+    """Reads this node's lock health; callable from any thread, never blocks for long."""
+
+    def read(self) -> HealthReading: ...
+
+    def close(self) -> None: ...
+
+
 class LockBackend(Protocol):
     """One process's handle on one lockspace."""
 
@@ -106,6 +154,10 @@ class LockBackend(Protocol):
 
     def close(self) -> None:
         """Let go of the lockspace handle. Persistent locks stay, as orphans."""
+        ...
+
+    def health_probe(self) -> HealthProbe:
+        """A probe of this node's lock health that works while a call of this backend blocks."""
         ...
 
 

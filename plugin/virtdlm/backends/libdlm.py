@@ -18,6 +18,7 @@ from typing import Any
 
 from ..errors import BackendError, BackendUnavailable, LockBusy, OrphanNotFound
 from .base import LVB_BYTES, MAX_RESOURCE_NAME_BYTES, LockFlags, Mode
+from .dlm_health import DlmHealthProbe
 
 log = logging.getLogger(__name__)
 
@@ -254,3 +255,8 @@ class LibDlmBackend:
         if self._ls is not None:
             self._lib.dlm_close_lockspace(self._ls)
             self._ls = None
+
+    def health_probe(self) -> DlmHealthProbe:
+        """Lockspace, dlm_controld, fencing and quorum, read without any DLM call
+        (virtdlm.backends.dlm_health)."""
+        return DlmHealthProbe(self.lockspace)

@@ -9,6 +9,12 @@ A *session* plays one process on one node: ``ModelDlm.session(node_id)`` returns
 ``ModelBackend`` (the LockBackend contract). Closing a session is the process exiting.
 The same ModelDlm can be served to other processes by virtdlm.backends.model_server, so
 that a daemon killed with -9 leaves orphans behind exactly like the kernel DLM does.
+
+Each node's lock health is set by tests (``set_health``) and read by the health probe,
+without the model's calls: a *stopped* lockspace makes that node's calls block until it runs
+again, as the kernel's do while recovery waits (bounded here by STOPPED_WAIT_LIMIT_S, so that
+a test never hangs); a *gone* one makes them fail with ENOENT and drops that node's locks,
+as leaving a lockspace does; quorum and a pending fence are only reported.
 """
 
 from __future__ import annotations
@@ -16,15 +22,29 @@ from __future__ import annotations
 import errno
 import itertools
 import threading
+import time
 from dataclasses import dataclass, field
 
 from ..errors import BackendError, LockBusy, OrphanNotFound
-from .base import EMPTY_LVB, LVB_BYTES, MAX_RESOURCE_NAME_BYTES, LockFlags, Mode, compatible
+from .base import (
+    EMPTY_LVB,
+    LOCKSPACE_GONE,
+    LOCKSPACE_OK,
+    LOCKSPACE_STATES,
+    LOCKSPACE_STOPPED,
+    LVB_BYTES,
+    MAX_RESOURCE_NAME_BYTES,
+    HealthReading,
+    LockFlags,
+    Mode,
+    compatible,
+)
 from .base import lvb_writes as _lvb_writes
 
 _NEW_LOCK_FLAGS = LockFlags.NOQUEUE | LockFlags.VALBLK | LockFlags.PERSISTENT | LockFlags.EXPEDITE
 _CONVERT_FLAGS = _NEW_LOCK_FLAGS | LockFlags.CONVERT
 _ADOPT_FLAGS = LockFlags.ORPHAN | LockFlags.PERSISTENT | LockFlags.NOQUEUE | LockFlags.VALBLK
+STOPPED_WAIT_LIMIT_S = 300.0  # the kernel waits for ever; the model gives up after this
 
 
 @dataclass
@@ -43,6 +63,18 @@ class _Resource:
     locks: dict[int, _Lock] = field(default_factory=dict)
 
 
+@dataclass
+class _NodeHealth:
+    """One node's lock health as a test set it; times are wall clock (time.time())."""
+
+    lockspace: str = LOCKSPACE_OK
+    lockspace_since: float | None = None
+    quorate: bool | None = True
+    quorum_since: float | None = None
+    fencing_node: int | None = None
+    fencing_since: float | None = None
+
+
 class ModelDlm:
     """One lockspace of a modelled DLM, shared by any number of sessions (thread-safe)."""
 
@@ -53,19 +85,88 @@ class ModelDlm:
         self._locks: dict[int, _Lock] = {}
         self._lkids = itertools.count(1)
         self._sessions = itertools.count(1)
-        self._open: set[int] = set()
+        self._open: dict[int, int] = {}  # open session -> the node it plays
+        self._health: dict[int, _NodeHealth] = {}  # node id -> health; absent = healthy
+        self._running = threading.Condition(self._mutex)  # notified when health changes
 
     def session(self, node_id: int = 1) -> ModelBackend:
         with self._mutex:
             sid = next(self._sessions)
-            self._open.add(sid)
+            self._open[sid] = node_id
         return ModelBackend(self, sid, node_id)
+
+    # -- lock health, set by tests ----------------------------------------------------
+
+    def set_health(
+        self,
+        node_id: int,
+        lockspace: str = LOCKSPACE_OK,
+        quorate: bool | None = True,
+        fencing_node: int | None = None,
+    ) -> None:
+        """Set how node `node_id` sees the lockspace (a test's fault). Going *gone* drops the
+        node's locks (sessions' and orphans'); leaving *stopped* wakes its blocked calls."""
+        if lockspace not in LOCKSPACE_STATES:
+            raise ValueError(f"lockspace state {lockspace!r} is not one of {LOCKSPACE_STATES}")
+        now = time.time()
+        with self._mutex:
+            old = self._health.get(node_id, _NodeHealth())
+            new = _NodeHealth(
+                lockspace,
+                old.lockspace_since if old.lockspace == lockspace else now,
+                quorate,
+                old.quorum_since if old.quorate == quorate else now,
+                fencing_node,
+                old.fencing_since if old.fencing_node == fencing_node else now,
+            )
+            self._health[node_id] = new
+            if lockspace == LOCKSPACE_GONE:
+                for lk in [lk for lk in self._locks.values() if lk.node_id == node_id]:
+                    self._drop(lk)
+            self._running.notify_all()
+
+    def health(self, node_id: int) -> HealthReading:
+        """What node `node_id`'s health probe reads; never waits on a lock call."""
+        with self._mutex:
+            h = self._health.get(node_id, _NodeHealth())
+        fencing = "" if h.fencing_node is None else f"waiting for fencing of node {h.fencing_node}"
+        return HealthReading(
+            lockspace=h.lockspace,
+            lockspace_detail={
+                LOCKSPACE_STOPPED: "the model lockspace is stopped (as when dlm_controld dies)",
+                LOCKSPACE_GONE: "the model lockspace is gone (this node left it)",
+            }.get(h.lockspace, ""),
+            lockspace_since=None if h.lockspace == LOCKSPACE_OK else h.lockspace_since,
+            quorate=h.quorate,
+            quorum_detail="model quorum" if h.quorate is not None else "model quorum unknown",
+            fencing=fencing,
+            fencing_since=h.fencing_since if fencing else None,
+        )
 
     # -- primitives, called by ModelBackend -------------------------------------------
 
-    def _check_session(self, sid: int) -> None:
+    def _check_session(self, sid: int, node_id: int | None = None) -> None:
+        """The session is open, and (with node_id) that node's lockspace takes calls: wait
+        while it is stopped, fail with ENOENT once it is gone. The caller holds _mutex."""
         if sid not in self._open:
             raise BackendError(f"{self.lockspace}: model session {sid} is closed", errno.EBADF)
+        if node_id is None:
+            return
+        deadline = time.monotonic() + STOPPED_WAIT_LIMIT_S
+        while (state := self._health.get(node_id, _NodeHealth()).lockspace) != LOCKSPACE_OK:
+            if state == LOCKSPACE_GONE:
+                raise BackendError(
+                    f"{self.lockspace}: node {node_id} has left the lockspace", errno.ENOENT
+                )
+            left = deadline - time.monotonic()
+            if left <= 0 or not self._running.wait(left):
+                raise BackendError(
+                    f"{self.lockspace}: the lockspace of node {node_id} stayed stopped for "
+                    f"{STOPPED_WAIT_LIMIT_S:g} s (the model's bound on a blocked call)",
+                    errno.ETIMEDOUT,
+                )
+            if sid not in self._open:
+                raise BackendError(f"{self.lockspace}: model session {sid} is closed", errno.EBADF)
 
     def _conflicts(self, res: _Resource, mode: Mode, skip: int | None) -> bool:
         return any(not compatible(lk.mode, mode) for lk in res.locks.values() if lk.lkid != skip)
@@ -84,7 +185,7 @@ class ModelDlm:
             raise BackendError(f"resource name {name!r} is not 1..64 bytes", errno.EINVAL)
         self._check_lvb(lvb)
         with self._mutex:
-            self._check_session(sid)
+            self._check_session(sid, node_id)
             res = self._resources.get(name) or _Resource()
             if self._conflicts(res, mode, None):
                 if flags & LockFlags.NOQUEUE:
@@ -101,7 +202,7 @@ class ModelDlm:
             return lk.lkid, (res.lvb if flags & LockFlags.VALBLK else None)
 
     def _own(self, sid: int, lkid: int) -> _Lock:
-        self._check_session(sid)
+        self._check_session(sid, self._open.get(sid))
         lk = self._locks.get(lkid)
         if lk is None or lk.session != sid:
             raise BackendError(f"lock id {lkid} is not held by this session", errno.EINVAL)
@@ -150,7 +251,7 @@ class ModelDlm:
         if flags & ~_ADOPT_FLAGS or not flags & LockFlags.ORPHAN:
             raise BackendError(f"{name}: adopt needs ORPHAN, got {flags!r}", errno.EINVAL)
         with self._mutex:
-            self._check_session(sid)
+            self._check_session(sid, node_id)
             res = self._resources.get(name)
             orphans = [
                 lk
@@ -168,7 +269,7 @@ class ModelDlm:
 
     def purge(self, sid: int, node_id: int) -> int:
         with self._mutex:
-            self._check_session(sid)
+            self._check_session(sid, node_id)
             orphans = [
                 lk for lk in self._locks.values() if lk.session is None and lk.node_id == node_id
             ]
@@ -181,7 +282,8 @@ class ModelDlm:
         with self._mutex:
             if sid not in self._open:
                 return
-            self._open.discard(sid)
+            del self._open[sid]
+            self._running.notify_all()  # its calls waiting on a stopped lockspace give up
             for lk in [lk for lk in self._locks.values() if lk.session == sid]:
                 if lk.persistent:
                     lk.session = None
@@ -197,12 +299,26 @@ class ModelDlm:
             ]
 
 
+class ModelHealthProbe:
+    """HealthProbe of one node of a ModelDlm: reads what a test set (ModelDlm.set_health)."""
+
+    def __init__(self, dlm: ModelDlm, node_id: int) -> None:
+        self._dlm = dlm
+        self._node_id = node_id
+
+    def read(self) -> HealthReading:
+        return self._dlm.health(self._node_id)
+
+    def close(self) -> None:
+        pass
+
+
 class ModelBackend:
     """LockBackend over a ModelDlm: one session, i.e. one process on one node."""
 
     name = "model"
     cluster = False
-    blocking = False
+    blocking = True  # a call on a stopped lockspace waits, as the kernel's does
 
     def __init__(self, dlm: ModelDlm, sid: int, node_id: int) -> None:
         self._dlm = dlm
@@ -231,3 +347,6 @@ class ModelBackend:
 
     def close(self) -> None:
         self._dlm.close_session(self._sid)
+
+    def health_probe(self) -> ModelHealthProbe:
+        return ModelHealthProbe(self._dlm, self.node_id)

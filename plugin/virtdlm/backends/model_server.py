@@ -8,7 +8,11 @@ on one host play two nodes. Not a cluster lock.
     python -m virtdlm.backends.model_server --socket PATH [--lockspace NAME]
 
 Wire: the framing of virtdlm.protocol; requests {"op", ...}, replies {"ok", ...} or
-{"ok": false, "errno": N, "kind": "busy"|"orphan"|"error", "message": str}.
+{"ok": false, "errno": N, "kind": "busy"|"orphan"|"error", "message": str}. A connection
+that starts with {"op": "hello", "node_id": N} is a session; one that starts with
+{"op": "observe"} is no session and may only ask "health" (a node's lock health, for its
+health probe, which must answer while a session's call blocks) and "set_health" (tests:
+ModelDlm.set_health; ``set_model_health`` below).
 """
 
 from __future__ import annotations
@@ -27,7 +31,7 @@ from typing import Any
 from .. import protocol
 from ..errors import BackendError, BackendUnavailable, LockBusy, OrphanNotFound, ProtocolError
 from ..protocol import recv_frame
-from .base import LockFlags, Mode
+from .base import LOCKSPACE_OK, HealthReading, LockFlags, Mode
 from .model import ModelBackend, ModelDlm
 
 log = logging.getLogger(__name__)
@@ -49,6 +53,9 @@ class _Handler(socketserver.BaseRequestHandler):
     def handle(self) -> None:
         dlm = self.server.dlm
         hello = recv_frame(self.request)
+        if hello and hello.get("op") == "observe":
+            self._observe(dlm)
+            return
         if not hello or hello.get("op") != "hello" or not isinstance(hello.get("node_id"), int):
             return
         session = dlm.session(hello["node_id"])
@@ -64,6 +71,32 @@ class _Handler(socketserver.BaseRequestHandler):
         finally:
             self.server.detach(self.request)
             session.close()
+
+    def _observe(self, dlm: ModelDlm) -> None:
+        """A connection that is no session: lock health only (read it, or set it)."""
+        try:
+            self.request.sendall(protocol.encode_frame({"ok": True}))
+            while (req := recv_frame(self.request)) is not None:
+                self.request.sendall(protocol.encode_frame(self._health_call(dlm, req)))
+        except (OSError, ProtocolError) as err:
+            log.debug("model observer: %s", err)
+
+    @staticmethod
+    def _health_call(dlm: ModelDlm, req: dict[str, Any]) -> dict[str, Any]:
+        try:
+            node_id = req["node_id"]
+            if not isinstance(node_id, int):
+                raise TypeError(f"node_id {node_id!r} is not an integer")
+            if req.get("op") == "health":
+                return {"ok": True, "health": dlm.health(node_id).to_json()}
+            if req.get("op") == "set_health":
+                dlm.set_health(
+                    node_id, req["lockspace"], req.get("quorate"), req.get("fencing_node")
+                )
+                return {"ok": True}
+            return {"ok": False, "errno": 22, "kind": "error", "message": f"unknown op {req!r}"}
+        except (KeyError, ValueError, TypeError) as err:
+            return {"ok": False, "errno": 22, "kind": "error", "message": f"bad request: {err}"}
 
     @staticmethod
     def _call(session: Any, req: dict[str, Any]) -> dict[str, Any]:
@@ -146,6 +179,80 @@ class ModelServer(socketserver.ThreadingMixIn, socketserver.UnixStreamServer):
             by_fd[fd].close()  # idempotent
 
 
+class _Observer:
+    """A connection to a model server that is no session: lock health only."""
+
+    def __init__(self, path: str) -> None:
+        self.path = path
+        self._mutex = threading.Lock()
+        self._sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        self._sock.settimeout(CONNECT_TIMEOUT_S)
+        try:
+            self._sock.connect(path)
+            self._sock.settimeout(CALL_TIMEOUT_S)
+            self._sock.sendall(protocol.encode_frame({"op": "observe"}))
+            reply = recv_frame(self._sock)
+        except (OSError, ProtocolError) as err:
+            self._sock.close()
+            raise BackendUnavailable(
+                f"model server at {path} is not reachable: {err}", getattr(err, "errno", 0) or 0
+            ) from err
+        if not reply or not reply.get("ok"):
+            self._sock.close()
+            raise BackendUnavailable(f"model server at {path} refused an observer: {reply}")
+
+    def call(self, **req: Any) -> dict[str, Any]:
+        with self._mutex:
+            try:
+                self._sock.sendall(protocol.encode_frame(req))
+                reply = recv_frame(self._sock)
+            except (OSError, ProtocolError) as err:
+                raise BackendError(f"model server {self.path} {req.get('op')}: {err}") from err
+        if reply is None or not reply.get("ok"):
+            raise BackendError(f"model server {self.path} {req.get('op')}: {reply}")
+        return reply
+
+    def close(self) -> None:
+        with self._mutex:
+            self._sock.close()
+
+
+class RemoteModelHealthProbe:
+    """HealthProbe of one node on a model server, on a connection of its own."""
+
+    def __init__(self, path: str, node_id: int) -> None:
+        self._observer = _Observer(path)
+        self._node_id = node_id
+
+    def read(self) -> HealthReading:
+        health = self._observer.call(op="health", node_id=self._node_id)["health"]
+        return HealthReading.from_json(health)
+
+    def close(self) -> None:
+        self._observer.close()
+
+
+def set_model_health(
+    path: str,
+    node_id: int,
+    lockspace: str = LOCKSPACE_OK,
+    quorate: bool | None = True,
+    fencing_node: int | None = None,
+) -> None:
+    """Set a node's lock health on a model server (tests): ModelDlm.set_health, remotely."""
+    observer = _Observer(path)
+    try:
+        observer.call(
+            op="set_health",
+            node_id=node_id,
+            lockspace=lockspace,
+            quorate=quorate,
+            fencing_node=fencing_node,
+        )
+    finally:
+        observer.close()
+
+
 class RemoteModelBackend:
     """LockBackend talking to a model server: one connection = one session."""
 
@@ -156,6 +263,7 @@ class RemoteModelBackend:
     def __init__(self, path: str, node_id: int, lockspace: str = "libvirt") -> None:
         self.node_id = node_id
         self.lockspace = lockspace
+        self._path = path
         self._mutex = threading.Lock()
         self._sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
         self._sock.settimeout(CONNECT_TIMEOUT_S)
@@ -223,6 +331,9 @@ class RemoteModelBackend:
     def close(self) -> None:
         with self._mutex:
             self._sock.close()
+
+    def health_probe(self) -> RemoteModelHealthProbe:
+        return RemoteModelHealthProbe(self._path, self.node_id)
 
 
 def main(argv: list[str] | None = None) -> int:
