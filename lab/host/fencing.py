@@ -82,9 +82,12 @@ def conf_text(
     module_path: str = MODULE_PATH,
 ) -> str:
     """fence_virtd's configuration: the tcp listener on `address` only, the libvirt backend,
-    and one group that allows exactly `members` (uuid, and the ip they ask from); without an
-    `ip =` line fence_virtd refuses every request."""
-    lines = [f'\t\tuuid = "{m.uuid}";' for m in members]
+    and one group that allows exactly `members` and only from their addresses. A request
+    names its domain by name (dlm.conf's plug=) or uuid, and fence_virtd matches that text
+    against the group's `uuid =` lines, so each member has both; without an `ip =` line
+    fence_virtd refuses every request."""
+    members = list(members)
+    lines = [f'\t\tuuid = "{key}";' for m in members for key in (m.domain, m.uuid)]
     lines += [f'\t\tip = "{m.ip}";' for m in members]
     allowed = "\n".join(lines)
     return f"""# virtdlm lab: written by make lab (lab/host/fencing.py); make lab-destroy stops it.

@@ -40,8 +40,15 @@ REPORT_DIR = os.path.join(LAB_DIR, "reports")
 CASE_TIMEOUT_S = 420  # pytest-timeout for one case: each of its steps has its own deadline
 ROWS: list[report.Row] = []
 META: dict[str, Any] = {}
-# The modules run in this order: the cheap, harmless rows first, the node power-off last.
-MODULE_ORDER = ("test_tables", "test_lifecycle", "test_control_nop", "test_node_failure")
+# The modules run in this order: the cheap, harmless rows first, the node power-off and
+# the partitions (fences, power cycles) last.
+MODULE_ORDER = (
+    "test_tables",
+    "test_lifecycle",
+    "test_control_nop",
+    "test_node_failure",
+    "test_partition",
+)
 
 Record = Callable[..., report.Row]
 
