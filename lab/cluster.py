@@ -29,7 +29,7 @@ from .host.accel import kvm_works
 from .host.libvirtd import HOST_URI
 from .host.objects import HostObjects
 from .nodes import provisioning
-from .nodes.health import Check, format_table, run_checks
+from .nodes.health import Check, format_table, node_checks, run_checks
 from .nodes.machines import NODES, Machines, orphans
 from .nodes.node import Node
 from .nodes.vagrant import Vagrant, VagrantError
@@ -43,6 +43,7 @@ LOG_DIR = os.path.join(LAB_DIR, "logs")
 SSH_DIR = os.path.join(LAB_DIR, "ssh")
 HOST_PACKAGES_TIMEOUT_S = 1800.0
 BOOT_TIMEOUT_S = float(lab_settings.BOOT_TIMEOUT_S)
+HEAL_TIMEOUT_S = 300.0
 
 
 def say(line: str) -> None:
@@ -254,8 +255,32 @@ class Lab:
             self.collect_logs()
             raise
         say(f"==> lab up in {time.monotonic() - started:.0f} s")
+        if self.status():
+            return
+        self.heal()
         if not self.status():
             raise LabError(f"the lab came up but is not healthy (table above); logs in {LOG_DIR}")
+
+    @step("heal: power-cycle the nodes")
+    def heal(self) -> None:
+        """An unhealthy cluster stack (a lost member, an abandoned or stopped lockspace, a
+        virtdlmd stuck in the kernel) does not recover in place: dlm_controld cannot restart
+        over a lockspace it does not control. Power-cycle both nodes, as fencing would, and
+        wait for the cluster's own checks (the table above says what was wrong)."""
+        say("    the lab is not healthy: power-cycling both nodes to restart the cluster stack")
+        self.power_cycle()
+        nodes = self.nodes.all()
+
+        def cluster_ok() -> bool:
+            checks = [c for n in nodes.values() for c in node_checks(n, self.settings)]
+            return all(c.ok for c in checks)
+
+        try:
+            wait_for(
+                cluster_ok, HEAL_TIMEOUT_S, 10.0, "the nodes' health checks after a power cycle"
+            )
+        except LabError as err:
+            say(f"    not healthy after the power cycle: {str(err).splitlines()[0]}")
 
     def is_up(self) -> bool:
         """Both nodes exist and run (whether they are healthy is status()'s question)."""

@@ -5,4 +5,5 @@ libvirtd.py  the host's libvirtd: does it answer (libvirt's own words if not), s
 objects.py   the lab's domains, networks and volumes on qemu:///system (libvirt-python)
 box.py       build the box (lab/box/build-box), prune older boxes and their volumes
 accel.py     is KVM usable here: boot a kernel and see
+fencing.py   fence_virtd on the management bridge, so the nodes can fence each other
 """

@@ -53,6 +53,7 @@ class DomainSpec:
     uuid: str = field(default_factory=lambda: str(uuid_mod.uuid4()))
     writer_boot: str = ""  # the writer guest's boot image: "" = firmware only
     writer_slot: int = 0  # its slot on shareable disks (distinct per domain sharing one)
+    on_lockfailure: str = ""  # poweroff, restart, pause, ignore; "" = no element (default)
 
     @property
     def writer_modes(self) -> list[str]:
@@ -102,12 +103,15 @@ def domain_xml(spec: DomainSpec) -> str:
     else:
         sysinfo, os_boot = "", "<boot dev='hd'/>"
     leases = "".join(lease_xml(lease) for lease in spec.leases)
+    lockfailure = (
+        f"<on_lockfailure>{spec.on_lockfailure}</on_lockfailure>" if spec.on_lockfailure else ""
+    )
     return (
         f"<domain type='{spec.domain_type}'><name>{spec.name}</name><uuid>{spec.uuid}</uuid>"
         f"<memory unit='MiB'>{spec.memory_mib}</memory><vcpu>1</vcpu>{sysinfo}"
         f"<os><type arch='x86_64' machine='pc'>hvm</type>{os_boot}</os>"
         f"<on_poweroff>destroy</on_poweroff><on_reboot>restart</on_reboot>"
-        f"<on_crash>destroy</on_crash><devices>{disks}{leases}"
+        f"<on_crash>destroy</on_crash>{lockfailure}<devices>{disks}{leases}"
         f"<serial type='pty'/><console type='pty'/><memballoon model='none'/>"
         f"</devices></domain>"
     )

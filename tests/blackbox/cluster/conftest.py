@@ -47,6 +47,7 @@ MODULE_ORDER = (
     "test_lifecycle",
     "test_control_nop",
     "test_node_failure",
+    "test_lock_failure",
     "test_partition",
 )
 

@@ -38,7 +38,7 @@ from lab.suite.data import DataAuditFailure
 from lab.suite.matrix import BLOCK, ONE, nfs_storage
 from lab.suite.steps import NODE_A, NODE_B, OK, StepResult, TwoNode
 from lab.virt.domain import Disk, DomainSpec
-from lab.virt.refusal import LOCK_MANAGER, log_signs
+from lab.virt.refusal import LOCK_MANAGER, NONE, log_signs
 from lab.wait import LabError, wait_for
 
 from .conftest import Record
@@ -53,6 +53,7 @@ LOCKSPACE = "libvirt"
 TAKEOVER_DEADLINE_S = 240.0
 UNFENCED_DEADLINE_S = 120.0
 HEAL_DEADLINE_S = 600.0
+FENCE_WAIT_S = 180.0
 POLL_S = 1.0
 # What the nodes log when a node is lost and fenced (not an error of the lock manager):
 # corosync and dlm_controld at err priority, the kernel's dlm recovery, virtdlmd's BUSY.
@@ -83,13 +84,24 @@ def vm1(tn: TwoNode, mount_point: str, with_nfs: bool) -> DomainSpec:
     )
 
 
+def report_timeline(
+    record: Record, table: str, node: str, seen: dict[str, float], names: tuple[str, ...], note: str
+) -> None:
+    """One report row per moment of a timeline; a moment never seen is a row with "none"."""
+    for what in names:
+        outcome = OK if what in seen else NONE
+        result = StepResult(node, "watch", "", outcome, None, seen.get(what, 0.0))
+        record(table, f"timeline: {what}", result, OK, note=note)
+
+
 def cluster_addresses(lab: Lab) -> dict[str, str]:
     return {NODE_A: str(lab.settings["node_a_ip"]), NODE_B: str(lab.settings["node_b_ip"])}
 
 
 def survivor_view(node: Node, since: float) -> dict[str, Any]:
     """corosync members, the lockspace's members and flags, and dlm_controld's fence lines
-    since `since` (epoch seconds), as the survivor sees them."""
+    since `since` (epoch seconds), as the survivor sees them. A lockspace recovered without
+    the other node has members [own id] and flags 0."""
     text = node.run(
         "corosync-quorumtool -s; dlm_tool ls; echo '--- fence'; "
         f"journalctl -q --no-pager -o cat -u dlm --since @{since:.0f} | grep -i fence",
@@ -101,20 +113,20 @@ def survivor_view(node: Node, since: float) -> dict[str, Any]:
     return {"members": members, "ls_members": ls_members, "flags": flags, "fence": fence}
 
 
-def loser_running(host: HostObjects) -> bool:
-    return host.is_running(lab_prefix() + LOSER)
+def node_running(host: HostObjects, name: str) -> bool:
+    return host.is_running(lab_prefix() + name)
 
 
-def audit(tn: TwoNode, host: HostObjects, after: str) -> None:
-    """The suite's invariant; node-b may be powered off by the fence while it asks."""
+def audit(tn: TwoNode, host: HostObjects, fenced: str, after: str) -> None:
+    """The suite's invariant; node `fenced` may be powered off by a fence while it asks."""
     try:
         tn.invariant(after=after)
     except AuditFailure:
         raise
     except LabError:
-        if LOSER in tn.down or loser_running(host):
+        if fenced in tn.down or node_running(host, fenced):
             raise
-        tn.down.add(LOSER)
+        tn.down.add(fenced)
         tn.invariant(after=after)
 
 
@@ -125,32 +137,58 @@ def healthy(nodes: dict[str, Node], settings: dict[str, object]) -> bool:
         return False
 
 
-def power_on_loser(lab: Lab, tn: TwoNode) -> None:
+def wait_fenced(tn: TwoNode, victim: str, survivor: str, since: float) -> None:
+    """Until `victim` is off and `survivor`'s DLM has recovered without it (its fence done).
+    Powering a node on before its fence completes would let the fence power off the new
+    boot. A fence that never comes (fencing broken) is done here, by the lab, after a while."""
+    own = [1 if survivor == NODE_A else 2]
+
+    def done() -> bool:
+        with HostObjects() as host:
+            off = not node_running(host, victim)
+        view = survivor_view(tn.nodes[survivor], since)
+        return off and view["ls_members"] == own and view["flags"] == 0
+
+    try:
+        wait_for(done, FENCE_WAIT_S, 2.0, f"{survivor} to fence {victim} and recover")
+    except LabError:
+        with HostObjects() as host:
+            if node_running(host, victim):
+                host.power_off(lab_prefix() + victim)
+    tn.down.add(victim)
+
+
+def power_on(lab: Lab, tn: TwoNode, name: str) -> None:
+    """Power a fenced node on (as a cluster's operator would) and wait for the lab's health."""
     with HostObjects() as host:
-        if not loser_running(host):
-            host.power_on(lab_prefix() + LOSER)
-    tn.nodes[LOSER].close()
+        if not node_running(host, name):
+            try:
+                host.power_on(lab_prefix() + name)
+            except LabError:  # e.g. a fence's late power-off: once more
+                time.sleep(5.0)
+                if not node_running(host, name):
+                    host.power_on(lab_prefix() + name)
+    tn.nodes[name].close()
     wait_for(lambda: healthy(tn.nodes, lab.settings), HEAL_DEADLINE_S, 5, "the lab to heal")
-    tn.down.discard(LOSER)
-    tn.reconnect_if_broken(LOSER)
+    tn.down.discard(name)
+    tn.reconnect_if_broken(name)
 
 
 @pytest.fixture
-def loser_comes_back(lab: Lab, tn: TwoNode) -> Iterator[None]:
-    """Whatever happens: the cut is healed and node-b is up and healthy again."""
-    yield
-    if LOSER not in tn.down:
-        try:
-            partition.heal(tn.nodes[LOSER])
-        except LabError:
-            tn.down.add(LOSER)  # fenced after all: it comes back below
-    if LOSER in tn.down:
-        power_on_loser(lab, tn)
+def loser_comes_back(lab: Lab, tn: TwoNode) -> Iterator[dict[str, float]]:
+    """Whatever happens after the cut (the test puts its time in "cut"): node-b is fenced
+    (never healed into the cluster: the halves would kill each other's corosync) and then
+    powered on, and the lab is healthy again."""
+    cut: dict[str, float] = {}
+    yield cut
+    if "cut" in cut and not healthy(tn.nodes, lab.settings):
+        wait_fenced(tn, LOSER, SURVIVOR, cut["cut"])
+        power_on(lab, tn, LOSER)
 
 
 @pytest.mark.allow_log(*SPLIT_LOG)
 def test_cut_node_b_is_fenced_and_node_a_takes_vm1_over_without_a_double_writer(
-    lab: Lab, tn: TwoNode, mount_point: str, record: Record, loser_comes_back: None
+    lab: Lab, tn: TwoNode, mount_point: str, record: Record, loser_comes_back: dict[str, float]
 ) -> None:
     if not lab.settings["fencing"]:
         pytest.skip("fencing: false in lab/settings.yaml: the fenced partition case needs it")
@@ -163,7 +201,7 @@ def test_cut_node_b_is_fenced_and_node_a_takes_vm1_over_without_a_double_writer(
     record(table, "while node-b runs it: vm-1 on node-a", before, LOCK_MANAGER)
     assert before.outcome == LOCK_MANAGER and before.holder == "vm-1@node-b", before.describe()
 
-    since = time.time()
+    since = loser_comes_back["cut"] = time.time()
     cut_at = time.monotonic()
     partition.cut(tn.nodes[LOSER], [cluster_addresses(lab)[SURVIVOR]])
     seen: dict[str, float] = {}
@@ -175,7 +213,7 @@ def test_cut_node_b_is_fenced_and_node_a_takes_vm1_over_without_a_double_writer(
                 f"vm-1 not running on node-a {TAKEOVER_DEADLINE_S:.0f} s after the cut; "
                 f"seen so far: {seen}"
             )
-            if LOSER not in tn.down and not loser_running(host):
+            if LOSER not in tn.down and not node_running(host, LOSER):
                 seen.setdefault("node-b powered off", elapsed)
                 tn.down.add(LOSER)
             view = survivor_view(tn.nodes[SURVIVOR], since)
@@ -186,7 +224,7 @@ def test_cut_node_b_is_fenced_and_node_a_takes_vm1_over_without_a_double_writer(
             if view["ls_members"] == [1] and view["flags"] == 0:
                 seen.setdefault("DLM recovered", elapsed)
             # the audits, on every poll: never two writers, by libvirt or by the data
-            audit(tn, host, f"partition poll at {elapsed:.1f} s")
+            audit(tn, host, LOSER, f"partition poll at {elapsed:.1f} s")
             if "DLM recovered" in seen:
                 result = tn.start(SURVIVOR, vm)
                 attempts.append(result)
@@ -194,22 +232,20 @@ def test_cut_node_b_is_fenced_and_node_a_takes_vm1_over_without_a_double_writer(
                     seen["vm-1 running on node-a"] = time.monotonic() - cut_at
                     break
             time.sleep(POLL_S)
-    for what in (
-        "corosync drops node-b",
-        "fence issued",
-        "node-b powered off",
-        "DLM recovered",
-        "vm-1 running on node-a",
-    ):
-        record(
-            table,
-            f"timeline: {what}",
-            StepResult(
-                SURVIVOR, "watch", "", OK if what in seen else "none", None, seen.get(what, 0)
-            ),
-            OK,
-            note="seconds from the cut until a poll saw it (a poll every ~2 s)",
-        )
+    report_timeline(
+        record,
+        table,
+        SURVIVOR,
+        seen,
+        (
+            "corosync drops node-b",
+            "fence issued",
+            "node-b powered off",
+            "DLM recovered",
+            "vm-1 running on node-a",
+        ),
+        "seconds from the cut until a poll saw it (a poll every ~2 s)",
+    )
     assert "node-b powered off" in seen, f"node-b was never fenced: {seen}"
     assert seen["node-b powered off"] <= seen["vm-1 running on node-a"], seen
     assert [a.outcome for a in attempts][-1] == OK
@@ -217,7 +253,7 @@ def test_cut_node_b_is_fenced_and_node_a_takes_vm1_over_without_a_double_writer(
     tn.destroy(SURVIVOR, "vm-1")
 
     healing = time.monotonic()
-    power_on_loser(lab, tn)
+    power_on(lab, tn, LOSER)
     smoke = smoke_migration({n: tn.nodes[n] for n in NODES}, dict(lab.settings))
     record(
         table,
