@@ -7,6 +7,8 @@ to remove (by name prefix, by who still runs) is kept in pure functions, tested 
 
 from __future__ import annotations
 
+import threading
+import time
 from collections.abc import Iterable
 from types import TracebackType
 
@@ -43,6 +45,42 @@ def foreign_leftovers(networks: Iterable[str], running: Iterable[str], prefix: s
             "host and uses the same subnets: run 'make lab-destroy' in its checkout"
         )
     return foreign
+
+
+class PowerWatch:
+    """Watches one of the host's domains from a thread of its own and notes when it is
+    first seen not running (a fence's power-off), so that a test's slower poll (SSH to the
+    nodes, audits) does not blur the moment. Use as a context manager."""
+
+    def __init__(self, domain: str, interval_s: float = 0.25) -> None:
+        self.domain = domain
+        self.interval_s = interval_s
+        self.off_at: float | None = None  # time.monotonic() when first seen off
+        self.error = ""
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, name=f"watch-{domain}", daemon=True)
+
+    def __enter__(self) -> PowerWatch:
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._stop.set()
+        self._thread.join(CALL_TIMEOUT_S)
+
+    @property
+    def off(self) -> bool:
+        return self.off_at is not None
+
+    def _run(self) -> None:
+        try:
+            with HostObjects() as host:
+                while not self._stop.is_set() and self.off_at is None:
+                    if not host.is_running(self.domain):
+                        self.off_at = time.monotonic()
+                    self._stop.wait(self.interval_s)
+        except LabError as err:  # the caller sees it: off stays unknown
+            self.error = str(err)
 
 
 class HostObjects:
