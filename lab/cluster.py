@@ -72,6 +72,7 @@ class Lab:
         self.vagrant = Vagrant(REPO, os.path.join(LOG_DIR, "vagrant.log"))
         self.nodes = Machines(self.vagrant, SSH_DIR)
         self._who: access.Runner | None = None
+        self._kvm: bool | None = None
 
     def node(self, name: str) -> Node:
         return self.nodes.node(name)
@@ -89,8 +90,12 @@ class Lab:
         check([os.path.join(REPO, "scripts", "install-deps"), "lab"], HOST_PACKAGES_TIMEOUT_S)
 
     @step("host libvirtd")
-    def host_libvirtd(self) -> None:
-        libvirtd.ensure_running(self.who)
+    def host_libvirtd(self, box_dir: str) -> None:
+        """Started when nothing runs it, with /dev/kvm hidden from it if the nodes will run
+        under TCG anyway (lab.host.libvirtd.start_argv says why)."""
+        if libvirtd.answer_error() is None:
+            return
+        libvirtd.ensure_running(self.who, hide_kvm=not self.kvm(box_dir))
 
     @step("box")
     def box(self) -> str:
@@ -100,13 +105,21 @@ class Lab:
         for name in boxes.prune(self.vagrant, keep):
             say(f"    removed the old box {name}")
 
+    def kvm(self, box_dir: str) -> bool:
+        """Whether the nodes run under KVM: the setting, or (auto) whether a kernel boots
+        under KVM on this host (probed once per run)."""
+        if self._kvm is None:
+            accel = self.settings["accel"]
+            self._kvm = (
+                kvm_works(os.path.join(box_dir, "vmlinuz")) if accel == "auto" else (accel == "kvm")
+            )
+        return self._kvm
+
     @step("accelerator")
     def domain_type(self, box_dir: str) -> str:
-        accel = self.settings["accel"]
-        if accel == "auto":
-            accel = "kvm" if kvm_works(os.path.join(box_dir, "vmlinuz")) else "tcg"
-        say(f"    nodes run under {accel.upper()}")
-        return "kvm" if accel == "kvm" else "qemu"
+        kvm = self.kvm(box_dir)
+        say(f"    nodes run under {'KVM' if kvm else 'TCG'}")
+        return "kvm" if kvm else "qemu"
 
     def clear_foreign_leftovers(self, prefix: str) -> None:
         """Another checkout's stopped lab may hold our subnets: remove what is not running."""
@@ -230,8 +243,8 @@ class Lab:
         started = time.monotonic()
         step("who runs the lab")(access.check)(self.who)
         self.host_packages()
-        self.host_libvirtd()
         box_dir = self.box()
+        self.host_libvirtd(box_dir)
         previous = lab_settings.read_vagrant_settings()
         if previous and previous.get("box_dir") != box_dir:
             # Nodes of an older recipe: their disks are backed by the box pruned below, and

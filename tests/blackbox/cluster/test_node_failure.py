@@ -7,8 +7,10 @@ locks, and then starts vm-1. The times from power-off are measured and reported.
 Then node-a is powered on again and the cluster must heal: quorate with two members, the
 lockspace joined on both, the share mounted, virtdlmd up, and a live migration a -> b.
 
-The lab runs without fencing (lab/provision/node.sh); a production cluster fences node-a
-before the DLM recovers, and that time adds to what is measured here.
+With fencing on (the lab's default), node-b's DLM waits for the fence of node-a before it
+recovers: fence_virt powers off a node that is already off, which succeeds at once, after
+the 10 s that fencing node-a waits (it wins fence races: lab/host/fencing.py). The fence is
+in the timeline. With fencing: false the DLM recovers without it.
 """
 
 from __future__ import annotations
@@ -37,6 +39,7 @@ TABLE = "node failure (shared block device)"
 RECOVERY_DEADLINE_S = 180.0
 LOCKSPACE = "libvirt"  # lockspace_name in the nodes' qemu-dlm.conf
 HEAL_DEADLINE_S = 600.0
+FENCED = "fence result 1 .* result 0"  # dlm_controld: node-a's fence succeeded
 
 
 def host_virsh(*args: str, timeout_s: float = 60.0) -> None:
@@ -66,18 +69,24 @@ def power_on_and_heal(lab: Lab, tn: TwoNode) -> None:
     tn.reconnect_if_broken(NODE_A)
 
 
-def dlm_view(node: Node) -> tuple[int, list[int], int]:
-    """(corosync members, DLM lockspace members, lockspace flags) as node sees them."""
-    text = node.run("corosync-quorumtool -s; dlm_tool ls", timeout_s=10).stdout
+def dlm_view(node: Node, since: float) -> tuple[int, list[int], int, bool]:
+    """(corosync members, DLM lockspace members, lockspace flags, node-a's fence done) as
+    node sees them; the fence from dlm_controld's log since `since` (epoch seconds)."""
+    text = node.run(
+        "corosync-quorumtool -s; dlm_tool ls; "
+        f"journalctl -q --no-pager -o cat -u dlm --since @{since:.0f} | grep -c '{FENCED}'",
+        timeout_s=10,
+    ).stdout
     _quorate, members = parse_quorum(text)
     members_ls, flags = parse_lockspace(text, LOCKSPACE) or ([], -1)
-    return members, members_ls, flags
+    fenced = text.strip().splitlines()[-1:] not in ([], ["0"])
+    return members, members_ls, flags, fenced
 
 
-# The nodes' journals (lab.suite.journal): node-b's refusal before the power-off. The rest
-# must be clean: node-b's view of the loss (corosync, dlm_controld log it as notices: the lab
-# does not fence) and node-a's whole new boot, which is in this test's window.
-@pytest.mark.allow_log(*log_signs(LOCK_MANAGER))
+# The nodes' journals (lab.suite.journal): node-b's refusal before the power-off, and the
+# fence of node-a (dlm_controld and fence_virt, in dlm.service). The rest must be clean:
+# node-b's view of the loss (corosync logs it as notices) and node-a's whole new boot.
+@pytest.mark.allow_log(*log_signs(LOCK_MANAGER), "fence")
 def test_node_a_powered_off_node_b_starts_vm1_after_dlm_recovery_and_the_cluster_heals(
     lab: Lab, tn: TwoNode, record: Record, node_a_comes_back: None
 ) -> None:
@@ -90,6 +99,7 @@ def test_node_a_powered_off_node_b_starts_vm1_after_dlm_recovery_and_the_cluster
     record(TABLE, "while node-a runs: vm-1 on node-b", before, LOCK_MANAGER)
     assert before.outcome == LOCK_MANAGER and before.holder == "vm-1@node-a", before.describe()
 
+    since = time.time()
     powered_off = time.monotonic()
     host_virsh("destroy", lab_prefix() + NODE_A)  # a hard power-off: no shutdown, no release
     tn.down.add(NODE_A)
@@ -100,25 +110,28 @@ def test_node_a_powered_off_node_b_starts_vm1_after_dlm_recovery_and_the_cluster
         assert time.monotonic() - powered_off < RECOVERY_DEADLINE_S, (
             f"no DLM recovery on node-b {RECOVERY_DEADLINE_S:.0f} s after node-a's power-off"
         )
-        members, ls_members, flags = dlm_view(b)
+        members, ls_members, flags, fenced = dlm_view(b, since)
         if members == 1:
             seen.setdefault("corosync", time.monotonic() - powered_off)
+        if fenced:
+            seen.setdefault("fence", time.monotonic() - powered_off)
         if ls_members == [2] and flags == 0:
             seen["dlm"] = time.monotonic() - powered_off
         time.sleep(0.2)
     result = tn.start(NODE_B, vm1)
     started_s = time.monotonic() - powered_off
-    for what, seconds in (
-        ("corosync drops node-a", seen.get("corosync", seen["dlm"])),
-        ("DLM recovered without node-a", seen["dlm"]),
-    ):
+    moments = [("corosync drops node-a", seen.get("corosync", seen["dlm"]))]
+    if lab.settings["fencing"]:
+        moments.append(("node-b's DLM fenced node-a", seen.get("fence", seen["dlm"])))
+    moments.append(("DLM recovered without node-a", seen["dlm"]))
+    for what, seconds in moments:
         record(
             TABLE,
             f"node-a powered off: {what}",
             StepResult(NODE_B, "watch", "", OK, None, seconds),
             OK,
-            note="seconds from power-off until a poll of node-b saw it "
-            "(a poll every ~0.5 s; lab: no fencing)",
+            note="seconds from power-off until a poll of node-b saw it (a poll every ~0.5 s; "
+            + ("fencing on)" if lab.settings["fencing"] else "fencing: false)"),
         )
     record(
         TABLE,
