@@ -15,6 +15,7 @@ time; on failure the nodes' logs are collected under .lab/logs/ and the message 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import os
 import sys
 import time
@@ -44,6 +45,7 @@ SSH_DIR = os.path.join(LAB_DIR, "ssh")
 HOST_PACKAGES_TIMEOUT_S = 1800.0
 BOOT_TIMEOUT_S = float(lab_settings.BOOT_TIMEOUT_S)
 HEAL_TIMEOUT_S = 300.0
+SYNC_TIMEOUT_S = 60.0
 
 
 def say(line: str) -> None:
@@ -180,6 +182,9 @@ class Lab:
         fence (power off) the other one while it boots."""
         prefix = lab_settings.lab_prefix()
         say(f"    power-cycling {', '.join(names)}")
+        for name in names:  # what provisioning just wrote must survive the power-off
+            with contextlib.suppress(LabError):
+                self.node(name).run("sync", timeout_s=SYNC_TIMEOUT_S)
         with HostObjects() as host:
             for name in names:
                 if host.is_running(prefix + name):

@@ -95,8 +95,8 @@ def provision(nodes: Iterable[Node], phase: str, suffix: str = "") -> list[str]:
             f"{NODE_SH} {phase} {node.name} {suffix}".rstrip(), timeout_s=PROVISION_TIMEOUT_S
         )
         lines = out.stdout.strip().splitlines()
-        shown += [f"{node.name}: {x}" for x in lines[:-SHOWN_LINES] if RESTART_NEEDED in x]
-        shown += lines[-SHOWN_LINES:]
+        shown += [f"{node.name}: {x}" for x in lines if RESTART_NEEDED in x]
+        shown += [x for x in lines[-SHOWN_LINES:] if RESTART_NEEDED not in x]
     return shown
 
 

@@ -304,6 +304,16 @@ class TwoNode:
         except LabError:
             h.reconnect()
 
+    def rebooted(self, node: str) -> None:
+        """The node was powered off or rebooted: drop its SSH connection and its disk
+        reader (both would wait on a dead TCP connection), reconnect libvirt to it."""
+        self.nodes[node].close()
+        reader = self.disk_readers.pop(node, None)
+        if reader is not None:
+            reader.close()
+        self.down.discard(node)
+        self.reconnect_if_broken(node)
+
     def remove_everything(self) -> None:
         """Every domain on both nodes: running, paused, defined, with a managed save."""
         for name in self.hv:

@@ -83,3 +83,22 @@ def test_fence_list_gives_the_domain_names() -> None:
     )
     assert parse_fence_list(out) == ["virtdlm-abc123-node-a", "virtdlm-abc123-node-b"]
     assert parse_fence_list("") == []
+
+
+def test_provisioning_names_the_node_of_a_restart_request_wherever_it_printed_it() -> None:
+    from lab.nodes.provisioning import provision
+
+    class Printed:
+        def __init__(self, name: str, out: str) -> None:
+            self.name, self.out = name, out
+
+        def check(self, command: str, timeout_s: float) -> object:
+            return type("R", (), {"stdout": self.out})()
+
+    nodes = [
+        Printed("node-a", "[node-a base] ok (changed: nothing)\n"),
+        Printed("node-b", f"{RESTART_NEEDED} dlm.conf changed\n[node-b base] ok\n"),
+    ]
+    shown = provision(nodes, "base")  # type: ignore[arg-type]
+    assert f"node-b: {RESTART_NEEDED} dlm.conf changed" in shown
+    assert restart_needed(shown) == ["node-b"]

@@ -65,8 +65,7 @@ def power_on_and_heal(lab: Lab, tn: TwoNode) -> None:
     host_virsh("start", lab_prefix() + NODE_A)
     tn.nodes[NODE_A].close()  # the old SSH session died with the node
     wait_for(lambda: healthy(tn.nodes, lab.settings), HEAL_DEADLINE_S, 5, "the lab to heal")
-    tn.down.discard(NODE_A)
-    tn.reconnect_if_broken(NODE_A)
+    tn.rebooted(NODE_A)
 
 
 def dlm_view(node: Node, since: float) -> tuple[int, list[int], int, bool]:

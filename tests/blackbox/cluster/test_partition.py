@@ -173,8 +173,7 @@ def power_on(lab: Lab, tn: TwoNode, name: str) -> None:
                     host.power_on(lab_prefix() + name)
     tn.nodes[name].close()
     wait_for(lambda: healthy(tn.nodes, lab.settings), HEAL_DEADLINE_S, 5, "the lab to heal")
-    tn.down.discard(name)
-    tn.reconnect_if_broken(name)
+    tn.rebooted(name)
 
 
 @pytest.fixture
@@ -282,9 +281,7 @@ def fencing_off(lab: Lab, tn: TwoNode) -> Iterator[None]:
     tn.remove_everything()
     lab.set_fencing(False)
     for name in NODES:
-        tn.down.discard(name)
-        tn.nodes[name].close()
-        tn.reconnect_if_broken(name)
+        tn.rebooted(name)
     wait_for(
         lambda: healthy(tn.nodes, lab.settings | {"fencing": False}),
         HEAL_DEADLINE_S,
@@ -298,8 +295,7 @@ def fencing_off(lab: Lab, tn: TwoNode) -> Iterator[None]:
         # cycle that the new dlm.conf needs clears the cut with the nodes' memory.
         lab.set_fencing(bool(lab.settings["fencing"]))
         for name in NODES:
-            tn.down.discard(name)
-            tn.reconnect_if_broken(name)
+            tn.rebooted(name)
         wait_for(lambda: healthy(tn.nodes, lab.settings), HEAL_DEADLINE_S, 5, "the lab to heal")
 
 
