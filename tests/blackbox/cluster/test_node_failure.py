@@ -20,25 +20,23 @@ from collections.abc import Iterator
 
 import pytest
 
-from lab.cluster import HOST_URI, NODES, Lab
+from lab.cluster import HOST_URI, Lab
 from lab.command import check as host_check
-from lab.nodes.health import node_checks, parse_lockspace, parse_quorum, smoke_migration
+from lab.nodes.health import parse_lockspace, parse_quorum
 from lab.nodes.node import Node
 from lab.settings import lab_prefix
 from lab.suite.matrix import BLOCK, thesis_vms
 from lab.suite.steps import NODE_A, NODE_B, OK, StepResult, TwoNode
 from lab.virt.refusal import LOCK_MANAGER, log_signs
-from lab.wait import LabError, wait_for
 
 from .conftest import Record
+from .node_loss import LOCKSPACE, heal_and_record, power_on
 
 # power-off, DLM recovery, a TCG boot of node-a and its rejoin, a smoke migration
 pytestmark = pytest.mark.timeout(1500)
 
 TABLE = "node failure (shared block device)"
 RECOVERY_DEADLINE_S = 180.0
-LOCKSPACE = "libvirt"  # lockspace_name in the nodes' qemu-dlm.conf
-HEAL_DEADLINE_S = 600.0
 FENCED = "fence result 1 .* result 0"  # dlm_controld: node-a's fence succeeded
 
 
@@ -46,26 +44,12 @@ def host_virsh(*args: str, timeout_s: float = 60.0) -> None:
     host_check(["virsh", "-c", HOST_URI, *args], timeout_s=timeout_s)
 
 
-def healthy(nodes: dict[str, Node], settings: dict[str, object]) -> bool:
-    try:
-        return all(c.ok for n in nodes.values() for c in node_checks(n, dict(settings)))
-    except LabError:
-        return False
-
-
 @pytest.fixture
 def node_a_comes_back(lab: Lab, tn: TwoNode) -> Iterator[None]:
     """Whatever happens in the test, node-a is powered on again and the lab healed."""
     yield
     if NODE_A in tn.down:
-        power_on_and_heal(lab, tn)
-
-
-def power_on_and_heal(lab: Lab, tn: TwoNode) -> None:
-    host_virsh("start", lab_prefix() + NODE_A)
-    tn.nodes[NODE_A].close()  # the old SSH session died with the node
-    wait_for(lambda: healthy(tn.nodes, lab.settings), HEAL_DEADLINE_S, 5, "the lab to heal")
-    tn.rebooted(NODE_A)
+        power_on(lab, tn, NODE_A)
 
 
 def dlm_view(node: Node, since: float) -> tuple[int, list[int], int, bool]:
@@ -143,23 +127,4 @@ def test_node_a_powered_off_node_b_starts_vm1_after_dlm_recovery_and_the_cluster
     assert {(d, m) for d, _, m in tn.held(NODE_B)} == {("vm-1", "EX"), ("vm-1", "PR")}
     tn.destroy(NODE_B, "vm-1")
 
-    healing = time.monotonic()
-    power_on_and_heal(lab, tn)
-    smoke = smoke_migration({n: tn.nodes[n] for n in NODES}, dict(lab.settings))
-    healed = StepResult(
-        NODE_A,
-        "power on, rejoin",
-        "",
-        OK if smoke.ok else "other",
-        None,
-        time.monotonic() - healing,
-        smoke.detail,
-    )
-    record(
-        TABLE,
-        "node-a back: the cluster heals",
-        healed,
-        OK,
-        note="seconds: power-on to every health check green and a live migration a -> b",
-    )
-    assert smoke.ok, smoke.detail
+    heal_and_record(lab, tn, record, TABLE, NODE_A)

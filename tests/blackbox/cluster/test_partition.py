@@ -1,4 +1,5 @@
-"""Network partitions: node-b's cluster link is cut while vm-1 runs there and writes.
+"""Network partitions: node-b's cluster link is cut (both ways, or only what it sends)
+while vm-1 runs there and writes.
 
 With fencing (the lab's default): node-a's dlm_controld must fence node-b (fence_virt ->
 fence_virtd on the host, action off) before its DLM recovers node-b's locks; node-a, the
@@ -22,15 +23,12 @@ import re
 import time
 import uuid
 from collections.abc import Iterator
-from typing import Any
 
 import pytest
 
 from lab.cluster import NODES, Lab
 from lab.host import fencing
 from lab.host.objects import HostObjects, PowerWatch
-from lab.nodes.health import node_checks, parse_lockspace, parse_quorum, smoke_migration
-from lab.nodes.node import Node
 from lab.settings import lab_prefix
 from lab.suite import partition
 from lab.suite.audit import AuditFailure
@@ -38,10 +36,20 @@ from lab.suite.data import DataAuditFailure
 from lab.suite.matrix import BLOCK, ONE, nfs_storage
 from lab.suite.steps import NODE_A, NODE_B, OK, StepResult, TwoNode
 from lab.virt.domain import Disk, DomainSpec
-from lab.virt.refusal import LOCK_MANAGER, NONE, log_signs
-from lab.wait import LabError, wait_for
+from lab.virt.refusal import LOCK_MANAGER, log_signs
+from lab.wait import wait_for
 
 from .conftest import Record
+from .node_loss import (
+    HEAL_DEADLINE_S,
+    audit,
+    heal_and_record,
+    healthy,
+    power_on,
+    report_timeline,
+    survivor_view,
+    wait_fenced,
+)
 
 pytestmark = pytest.mark.timeout(1800)  # a cut, a fence, TCG boots of the fenced node
 
@@ -49,11 +57,8 @@ SURVIVOR, LOSER = NODE_A, NODE_B
 assert fencing.SURVIVOR == SURVIVOR, "lab/host/fencing.py decides who wins the race"
 # dlm_controld's "fence request 2 pid ..." / "fence result 2 pid ... result 0" lines
 FENCE_LINE = re.compile(r"fence (request|result) 2\b")
-LOCKSPACE = "libvirt"
 TAKEOVER_DEADLINE_S = 240.0
 UNFENCED_DEADLINE_S = 120.0
-HEAL_DEADLINE_S = 600.0
-FENCE_WAIT_S = 180.0
 POLL_S = 1.0
 # What the nodes log when a node is lost and fenced (not an error of the lock manager):
 # corosync and dlm_controld at err priority, the kernel's dlm recovery, virtdlmd's BUSY.
@@ -87,93 +92,8 @@ def vm1(tn: TwoNode, mount_point: str, with_nfs: bool) -> DomainSpec:
     )
 
 
-def report_timeline(
-    record: Record, table: str, node: str, seen: dict[str, float], names: tuple[str, ...], note: str
-) -> None:
-    """One report row per moment of a timeline; a moment never seen is a row with "none"."""
-    for what in names:
-        outcome = OK if what in seen else NONE
-        result = StepResult(node, "watch", "", outcome, None, seen.get(what, 0.0))
-        record(table, f"timeline: {what}", result, OK, note=note)
-
-
 def cluster_addresses(lab: Lab) -> dict[str, str]:
     return {NODE_A: str(lab.settings["node_a_ip"]), NODE_B: str(lab.settings["node_b_ip"])}
-
-
-def survivor_view(node: Node, since: float) -> dict[str, Any]:
-    """corosync members, the lockspace's members and flags, and dlm_controld's fence lines
-    since `since` (epoch seconds), as the survivor sees them. A lockspace recovered without
-    the other node has members [own id] and flags 0."""
-    text = node.run(
-        "corosync-quorumtool -s; dlm_tool ls; echo '--- fence'; "
-        f"journalctl -q --no-pager -o cat -u dlm --since @{since:.0f} | grep -i fence",
-        timeout_s=15,
-    ).stdout
-    head, _, fence = text.partition("--- fence")
-    _quorate, members = parse_quorum(head)
-    ls_members, flags = parse_lockspace(head, LOCKSPACE) or ([], -1)
-    return {"members": members, "ls_members": ls_members, "flags": flags, "fence": fence}
-
-
-def node_running(host: HostObjects, name: str) -> bool:
-    return host.is_running(lab_prefix() + name)
-
-
-def audit(tn: TwoNode, host: HostObjects, fenced: str, after: str) -> None:
-    """The suite's invariant; node `fenced` may be powered off by a fence while it asks."""
-    try:
-        tn.invariant(after=after)
-    except AuditFailure:
-        raise
-    except LabError:
-        if fenced in tn.down or node_running(host, fenced):
-            raise
-        tn.down.add(fenced)
-        tn.invariant(after=after)
-
-
-def healthy(nodes: dict[str, Node], settings: dict[str, object]) -> bool:
-    try:
-        return all(c.ok for n in nodes.values() for c in node_checks(n, dict(settings)))
-    except LabError:
-        return False
-
-
-def wait_fenced(tn: TwoNode, victim: str, survivor: str, since: float) -> None:
-    """Until `victim` is off and `survivor`'s DLM has recovered without it (its fence done).
-    Powering a node on before its fence completes would let the fence power off the new
-    boot. A fence that never comes (fencing broken) is done here, by the lab, after a while."""
-    own = [1 if survivor == NODE_A else 2]
-
-    def done() -> bool:
-        with HostObjects() as host:
-            off = not node_running(host, victim)
-        view = survivor_view(tn.nodes[survivor], since)
-        return off and view["ls_members"] == own and view["flags"] == 0
-
-    try:
-        wait_for(done, FENCE_WAIT_S, 2.0, f"{survivor} to fence {victim} and recover")
-    except LabError:
-        with HostObjects() as host:
-            if node_running(host, victim):
-                host.power_off(lab_prefix() + victim)
-    tn.down.add(victim)
-
-
-def power_on(lab: Lab, tn: TwoNode, name: str) -> None:
-    """Power a fenced node on (as a cluster's operator would) and wait for the lab's health."""
-    with HostObjects() as host:
-        if not node_running(host, name):
-            try:
-                host.power_on(lab_prefix() + name)
-            except LabError:  # e.g. a fence's late power-off: once more
-                time.sleep(5.0)
-                if not node_running(host, name):
-                    host.power_on(lab_prefix() + name)
-    tn.nodes[name].close()
-    wait_for(lambda: healthy(tn.nodes, lab.settings), HEAL_DEADLINE_S, 5, "the lab to heal")
-    tn.rebooted(name)
 
 
 @pytest.fixture
@@ -188,13 +108,21 @@ def loser_comes_back(lab: Lab, tn: TwoNode) -> Iterator[dict[str, float]]:
         power_on(lab, tn, LOSER)
 
 
+# Both directions, and one: node-b hears node-a but nothing it sends arrives (corosync's
+# links need both ways, so this too is a split, reached differently).
 @pytest.mark.allow_log(*SPLIT_LOG)
+@pytest.mark.parametrize("direction", [partition.BOTH, partition.OUTBOUND])
 def test_cut_node_b_is_fenced_and_node_a_takes_vm1_over_without_a_double_writer(
-    lab: Lab, tn: TwoNode, mount_point: str, record: Record, loser_comes_back: dict[str, float]
+    lab: Lab,
+    tn: TwoNode,
+    mount_point: str,
+    record: Record,
+    loser_comes_back: dict[str, float],
+    direction: str,
 ) -> None:
     if not lab.settings["fencing"]:
         pytest.skip("fencing: false in lab/settings.yaml: the fenced partition case needs it")
-    table = "partition of node-b, fencing on"
+    table = f"partition of node-b ({direction}), fencing on"
     vm = vm1(tn, mount_point, with_nfs=True)
     first = tn.start(LOSER, vm)
     record(table, "vm-1 starts on node-b", first, OK)
@@ -205,7 +133,7 @@ def test_cut_node_b_is_fenced_and_node_a_takes_vm1_over_without_a_double_writer(
 
     since = loser_comes_back["cut"] = time.time()
     cut_at = time.monotonic()
-    partition.cut(tn.nodes[LOSER], [cluster_addresses(lab)[SURVIVOR]])
+    partition.cut(tn.nodes[LOSER], [cluster_addresses(lab)[SURVIVOR]], direction)
     seen: dict[str, float] = {}
     attempts: list[StepResult] = []
     with HostObjects() as host, PowerWatch(lab_prefix() + LOSER) as watch:
@@ -254,25 +182,7 @@ def test_cut_node_b_is_fenced_and_node_a_takes_vm1_over_without_a_double_writer(
     assert {(d, m) for d, _, m in tn.held(SURVIVOR)} == {("vm-1", "EX")}
     tn.destroy(SURVIVOR, "vm-1")
 
-    healing = time.monotonic()
-    power_on(lab, tn, LOSER)
-    smoke = smoke_migration({n: tn.nodes[n] for n in NODES}, dict(lab.settings))
-    record(
-        table,
-        "node-b back: powered on by the lab, rejoins, migration a -> b",
-        StepResult(
-            LOSER,
-            "power on, rejoin",
-            "",
-            OK if smoke.ok else "other",
-            None,
-            time.monotonic() - healing,
-            smoke.detail,
-        ),
-        OK,
-        note="seconds: power-on to every health check green and a live migration a -> b",
-    )
-    assert smoke.ok, smoke.detail
+    heal_and_record(lab, tn, record, table, LOSER)
 
 
 @pytest.fixture

@@ -1,0 +1,135 @@
+"""What the node-loss cases share (node failure, lock failure, partitions): the lab's
+health, powering a node on after its fence, the survivor's view of the DLM, the audits
+while a node may vanish, and timelines in the report.
+"""
+
+from __future__ import annotations
+
+import time
+from typing import Any
+
+from lab.cluster import NODES, Lab
+from lab.host.objects import HostObjects
+from lab.nodes.health import node_checks, parse_lockspace, parse_quorum, smoke_migration
+from lab.nodes.node import Node
+from lab.settings import lab_prefix
+from lab.suite.audit import AuditFailure
+from lab.suite.steps import NODE_A, OK, StepResult, TwoNode
+from lab.virt.refusal import NONE
+from lab.wait import LabError, wait_for
+
+from .conftest import Record
+
+LOCKSPACE = "libvirt"  # lockspace_name in the nodes' qemu-dlm.conf
+HEAL_DEADLINE_S = 600.0
+FENCE_WAIT_S = 180.0
+
+
+def report_timeline(
+    record: Record, table: str, node: str, seen: dict[str, float], names: tuple[str, ...], note: str
+) -> None:
+    """One report row per moment of a timeline; a moment never seen is a row with "none"."""
+    for what in names:
+        outcome = OK if what in seen else NONE
+        result = StepResult(node, "watch", "", outcome, None, seen.get(what, 0.0))
+        record(table, f"timeline: {what}", result, OK, note=note)
+
+
+def survivor_view(node: Node, since: float) -> dict[str, Any]:
+    """corosync members, the lockspace's members and flags, and dlm_controld's fence lines
+    since `since` (epoch seconds), as the survivor sees them. A lockspace recovered without
+    the other node has members [own id] and flags 0."""
+    text = node.run(
+        "corosync-quorumtool -s; dlm_tool ls; echo '--- fence'; "
+        f"journalctl -q --no-pager -o cat -u dlm --since @{since:.0f} | grep -i fence",
+        timeout_s=15,
+    ).stdout
+    head, _, fence = text.partition("--- fence")
+    _quorate, members = parse_quorum(head)
+    ls_members, flags = parse_lockspace(head, LOCKSPACE) or ([], -1)
+    return {"members": members, "ls_members": ls_members, "flags": flags, "fence": fence}
+
+
+def node_running(host: HostObjects, name: str) -> bool:
+    return host.is_running(lab_prefix() + name)
+
+
+def audit(tn: TwoNode, host: HostObjects, fenced: str, after: str) -> None:
+    """The suite's invariant; node `fenced` may be powered off by a fence while it asks."""
+    try:
+        tn.invariant(after=after)
+    except AuditFailure:
+        raise
+    except LabError:
+        if fenced in tn.down or node_running(host, fenced):
+            raise
+        tn.down.add(fenced)
+        tn.invariant(after=after)
+
+
+def healthy(nodes: dict[str, Node], settings: dict[str, object]) -> bool:
+    try:
+        return all(c.ok for n in nodes.values() for c in node_checks(n, dict(settings)))
+    except LabError:
+        return False
+
+
+def wait_fenced(tn: TwoNode, victim: str, survivor: str, since: float) -> None:
+    """Until `victim` is off and `survivor`'s DLM has recovered without it (its fence done).
+    Powering a node on before its fence completes would let the fence power off the new
+    boot. A fence that never comes (fencing broken) is done here, by the lab, after a while."""
+    own = [1 if survivor == NODE_A else 2]
+
+    def done() -> bool:
+        with HostObjects() as host:
+            off = not node_running(host, victim)
+        view = survivor_view(tn.nodes[survivor], since)
+        return off and view["ls_members"] == own and view["flags"] == 0
+
+    try:
+        wait_for(done, FENCE_WAIT_S, 2.0, f"{survivor} to fence {victim} and recover")
+    except LabError:
+        with HostObjects() as host:
+            if node_running(host, victim):
+                host.power_off(lab_prefix() + victim)
+    tn.down.add(victim)
+
+
+def power_on(lab: Lab, tn: TwoNode, name: str) -> None:
+    """Power a fenced node on (as a cluster's operator would) and wait for the lab's health."""
+    with HostObjects() as host:
+        if not node_running(host, name):
+            try:
+                host.power_on(lab_prefix() + name)
+            except LabError:  # e.g. a fence's late power-off: once more
+                time.sleep(5.0)
+                if not node_running(host, name):
+                    host.power_on(lab_prefix() + name)
+    tn.nodes[name].close()
+    wait_for(lambda: healthy(tn.nodes, lab.settings), HEAL_DEADLINE_S, 5, "the lab to heal")
+    tn.rebooted(name)
+
+
+def heal_and_record(lab: Lab, tn: TwoNode, record: Record, table: str, node: str) -> None:
+    """Power `node` on, wait for the lab's health, then a live migration a -> b: the heal,
+    timed, in the report."""
+    healing = time.monotonic()
+    power_on(lab, tn, node)
+    smoke = smoke_migration({n: tn.nodes[n] for n in NODES}, dict(lab.settings))
+    healed = StepResult(
+        node,
+        "power on, rejoin",
+        "",
+        OK if smoke.ok else "other",
+        None,
+        time.monotonic() - healing,
+        smoke.detail,
+    )
+    record(
+        table,
+        f"{node} back: powered on by the lab, rejoins, migration a -> b",
+        healed,
+        OK,
+        note="seconds: power-on to every health check green and a live migration a -> b",
+    )
+    assert smoke.ok, smoke.detail
