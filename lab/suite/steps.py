@@ -218,6 +218,12 @@ class TwoNode:
     def resume(self, node: str, vm: str) -> StepResult:
         return self.step(node, "resume", vm, lambda: self.hv[node].resume(vm))
 
+    def reset(self, node: str, vm: str) -> StepResult:
+        """A hard reset of the guest (virDomainReset): the same QEMU goes on, so libvirt
+        makes no lock call and the locks must stay."""
+        h = self.hv[node]
+        return self.step(node, "reset", vm, lambda: h.call(f"reset {vm}", h.lookup(vm).reset, 0))
+
     def destroy(self, node: str, vm: str) -> StepResult:
         return self.step(node, "destroy", vm, lambda: self.hv[node].destroy(vm))
 

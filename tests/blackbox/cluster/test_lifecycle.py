@@ -121,6 +121,26 @@ def test_save_on_node_a_and_restore_on_node_b(
         tn.nodes[NODE_A].run(f"rm -f {shlex.quote(path)}")
 
 
+@ALLOW_REFUSALS
+def test_reset_keeps_the_locks_and_the_writer_goes_on_with_a_new_boot(
+    tn: TwoNode, vms: dict[str, DomainSpec], check
+) -> None:
+    check(tn.start(NODE_A, vms["vm-1"]))
+    before = writer_on(tn, vms["vm-1"])
+    check(tn.reset(NODE_A, "vm-1"), note="the same QEMU: no lock call, the locks stay")
+    assert vm1_holds(tn, NODE_A, vms)
+    check(tn.start(NODE_B, vms["vm-2"]), LOCK_MANAGER, "vm-1@node-a")
+    if before is not None:  # the guest rebooted: same writer id, a new boot nonce
+        wait_for(
+            lambda: (after := writer_on(tn, vms["vm-1"])) is not None and after[1] != before[1],
+            WRITER_START_S,
+            0.5,
+            "vm-1's writer to boot again after the reset",
+        )
+        after = writer_on(tn, vms["vm-1"])
+        assert after is not None and after[0] == before[0], (before, after)
+
+
 def test_destroy_on_node_a_then_start_on_node_b_at_once(
     tn: TwoNode, vms: dict[str, DomainSpec], check
 ) -> None:
