@@ -120,6 +120,9 @@ def render_html(rows: list[Row], meta: dict[str, Any]) -> str:
         'runs the protection rows with <code>lock_manager = "nop"</code> and must show them '
         "unprotected.</p>",
     ]
+    for key in ("fencing", "writer guests"):  # what the lab's safety rests on
+        if meta.get(key):
+            parts.append(f"<p><b>{key}</b>: {html.escape(str(meta[key]))}</p>")
     for table, trs in tables.items():
         parts.append(f"<h2>{html.escape(table)}</h2>")
         parts.append(f"<table><tr>{head}</tr>{''.join(_row_html(r) for r in trs)}</table>")

@@ -101,3 +101,12 @@ def test_the_thesis_rows_carry_the_thesis_and_protection_rows_expect_the_lock_ma
         )
         assert case.probe.node != case.setup[-1].to, "the probe runs on the other node"
     assert len({c.id for c in TABLE_5_1 + TABLE_5_2}) == len(TABLE_5_1) + len(TABLE_5_2)
+
+
+def test_the_page_says_whether_the_lab_fences() -> None:
+    from lab.suite.report import render_html
+
+    unsafe = "OFF (fencing: false): the lab is UNSAFE under a network partition"
+    page = render_html([], {"fencing": unsafe, "writer guests": "/img"})
+    assert f"<b>fencing</b>: {unsafe}" in page
+    assert "<b>writer guests</b>: /img" in page

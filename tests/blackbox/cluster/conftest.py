@@ -85,6 +85,11 @@ def tn(request: pytest.FixtureRequest, lab: Lab, nodes: dict[str, Node]) -> Iter
     two = TwoNode.connect(nodes)
     two.writer_boot = WRITER_BOOT_IMAGE if request.config.getoption("writers") else ""
     META["writer guests"] = two.writer_boot or "off (--no-writers): firmware-only domains"
+    META["fencing"] = (
+        "on: dlm_controld fences through fence_virt -> fence_virtd on the host (action off)"
+        if lab.settings["fencing"]
+        else "OFF (fencing: false): the lab is UNSAFE under a network partition"
+    )
     two.remove_everything()  # what an interrupted earlier run may have left
     two.wait_no_locks(NODES, RELEASE_DEADLINE_S)
     yield two
@@ -197,6 +202,8 @@ def pytest_terminal_summary(terminalreporter: Any) -> None:
         return
     tr = terminalreporter
     tr.section("two-node black-box matrix (thesis 2018 vs measured today)")
+    if META.get("fencing"):
+        tr.write_line(f"fencing: {META['fencing']}")
     for line in report.render_text(ROWS):
         tr.write_line(line)
     tr.write_line(f"report: {os.path.join(REPORT_DIR, 'cluster.html')} (and cluster.json)")
