@@ -92,12 +92,8 @@ class Lab:
         check([os.path.join(REPO, "scripts", "install-deps"), "lab"], HOST_PACKAGES_TIMEOUT_S)
 
     @step("host libvirtd")
-    def host_libvirtd(self, box_dir: str) -> None:
-        """Started when nothing runs it, with /dev/kvm hidden from it if the nodes will run
-        under TCG anyway (lab.host.libvirtd.start_argv says why)."""
-        if libvirtd.answer_error() is None:
-            return
-        libvirtd.ensure_running(self.who, hide_kvm=not self.kvm(box_dir))
+    def host_libvirtd(self) -> None:
+        libvirtd.ensure_running(self.who)
 
     @step("box")
     def box(self) -> str:
@@ -248,8 +244,8 @@ class Lab:
         started = time.monotonic()
         step("who runs the lab")(access.check)(self.who)
         self.host_packages()
+        self.host_libvirtd()
         box_dir = self.box()
-        self.host_libvirtd(box_dir)
         previous = lab_settings.read_vagrant_settings()
         if previous and previous.get("box_dir") != box_dir:
             # Nodes of an older recipe: their disks are backed by the box pruned below, and

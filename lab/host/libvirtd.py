@@ -59,34 +59,8 @@ def answer_error(uri: str = HOST_URI, timeout_s: float = ANSWER_TIMEOUT_S) -> st
     return None
 
 
-# Where libvirtd is started with /dev/kvm hidden: an empty file nobody may open.
-NO_KVM = "/run/virtdlm-lab/no-kvm"
-KVM_DEVICE = "/dev/kvm"
-
-
-def start_argv(daemons: list[str], hide_kvm: bool) -> list[str]:
-    """How to start the stopped daemons. With hide_kvm (the lab has decided on TCG and
-    starts libvirtd itself): in a private mount namespace where /dev/kvm is an empty,
-    unreadable file. On a host whose /dev/kvm exists but cannot run guests, libvirt 9.0's
-    capability cache otherwise disagrees with its own probe (the probe keeps
-    CAP_DAC_OVERRIDE and finds KVM; the cache check, as the QEMU user, does not) and is
-    thrown away on every API call: each `define` then probes QEMU 16 times, ~220 s of a
-    cold make lab. Hidden, both agree there is no KVM, and the cache holds. Only this
-    libvirtd and the QEMUs it starts see the hidden device; the host's /dev/kvm is as it
-    was, and the daemons' sockets are where clients expect them."""
-    starts = " && ".join(f"{d} -d" for d in daemons)
-    if not hide_kvm:
-        return ["sh", "-c", starts]
-    script = (
-        f"mkdir -p {os.path.dirname(NO_KVM)} && : > {NO_KVM} && chmod 000 {NO_KVM} "
-        f"&& mount --bind {NO_KVM} {KVM_DEVICE} && {starts}"
-    )
-    return ["unshare", "--mount", "--propagation", "private", "sh", "-c", script]
-
-
-def ensure_running(who: Runner, uri: str = HOST_URI, hide_kvm: bool = False) -> None:
-    """Make sure the host's libvirtd answers at `uri`; start it when nothing runs it (with
-    /dev/kvm hidden from it when `hide_kvm`: start_argv says why)."""
+def ensure_running(who: Runner, uri: str = HOST_URI) -> None:
+    """Make sure the host's libvirtd answers at `uri`; start it when nothing runs it."""
     why = answer_error(uri)
     if why is None:
         return
@@ -101,8 +75,8 @@ def ensure_running(who: Runner, uri: str = HOST_URI, hide_kvm: bool = False) -> 
             f"connecting to {uri} fails: {why}; {' and '.join(stopped)} not running, and "
             "starting them needs root: `sudo systemctl start libvirtd`, or `sudo make lab`"
         )
-    hide = hide_kvm and os.path.exists(KVM_DEVICE)
-    check(as_root(start_argv(stopped, hide), who), timeout_s=START_TIMEOUT_S)
+    for daemon in stopped:
+        check(as_root([daemon, "-d"], who), timeout_s=START_TIMEOUT_S)
     last = [why]
 
     def answers() -> bool:

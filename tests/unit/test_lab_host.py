@@ -124,16 +124,3 @@ def test_the_host_daemon_is_found_by_its_pid_file_never_by_name_or_as_a_zombie(
         for proc in (live, other, zombie):
             proc.kill()
             proc.wait()
-
-
-def test_the_lab_starts_libvirtd_with_dev_kvm_hidden_only_when_asked() -> None:
-    from lab.host.libvirtd import KVM_DEVICE, NO_KVM, start_argv
-
-    plain = start_argv(["virtlogd", "libvirtd"], hide_kvm=False)
-    assert plain == ["sh", "-c", "virtlogd -d && libvirtd -d"]
-    hidden = start_argv(["libvirtd"], hide_kvm=True)
-    assert hidden[:4] == ["unshare", "--mount", "--propagation", "private"]
-    script = hidden[-1]
-    assert f"mount --bind {NO_KVM} {KVM_DEVICE}" in script
-    assert script.index("mount --bind") < script.index("libvirtd -d")  # hidden before it starts
-    assert f"chmod 000 {NO_KVM}" in script
