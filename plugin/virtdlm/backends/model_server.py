@@ -179,10 +179,11 @@ class ModelServer(socketserver.ThreadingMixIn, socketserver.UnixStreamServer):
             by_fd[fd].close()  # idempotent
 
 
-class _Observer:
-    """A connection to a model server that is no session: lock health only."""
+class _Connection:
+    """One connection to a model server, opened with a greeting (`hello` for a session,
+    `observe` for lock health only); one request and its reply at a time."""
 
-    def __init__(self, path: str) -> None:
+    def __init__(self, path: str, greeting: dict[str, Any], unreachable_hint: str) -> None:
         self.path = path
         self._mutex = threading.Lock()
         self._sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
@@ -190,26 +191,30 @@ class _Observer:
         try:
             self._sock.connect(path)
             self._sock.settimeout(CALL_TIMEOUT_S)
-            self._sock.sendall(protocol.encode_frame({"op": "observe"}))
+            self._sock.sendall(protocol.encode_frame(greeting))
             reply = recv_frame(self._sock)
         except (OSError, ProtocolError) as err:
             self._sock.close()
             raise BackendUnavailable(
-                f"model server at {path} is not reachable: {err}", getattr(err, "errno", 0) or 0
+                f"model server at {path} is not reachable ({err}){unreachable_hint}",
+                getattr(err, "errno", 0) or 0,
             ) from err
         if not reply or not reply.get("ok"):
             self._sock.close()
-            raise BackendUnavailable(f"model server at {path} refused an observer: {reply}")
+            raise BackendUnavailable(
+                f"model server at {path} refused the {greeting['op']}: {reply}"
+            )
 
-    def call(self, **req: Any) -> dict[str, Any]:
+    def exchange(self, req: dict[str, Any]) -> dict[str, Any]:
+        """The server's reply, whatever it says; a transport failure raises."""
         with self._mutex:
             try:
                 self._sock.sendall(protocol.encode_frame(req))
                 reply = recv_frame(self._sock)
             except (OSError, ProtocolError) as err:
                 raise BackendError(f"model server {self.path} {req.get('op')}: {err}") from err
-        if reply is None or not reply.get("ok"):
-            raise BackendError(f"model server {self.path} {req.get('op')}: {reply}")
+        if reply is None:
+            raise BackendError(f"model server {self.path} closed during {req.get('op')}")
         return reply
 
     def close(self) -> None:
@@ -221,12 +226,14 @@ class RemoteModelHealthProbe:
     """HealthProbe of one node on a model server, on a connection of its own."""
 
     def __init__(self, path: str, node_id: int) -> None:
-        self._observer = _Observer(path)
+        self._observer = _Connection(path, {"op": "observe"}, "")
         self._node_id = node_id
 
     def read(self) -> HealthReading:
-        health = self._observer.call(op="health", node_id=self._node_id)["health"]
-        return HealthReading.from_json(health)
+        reply = self._observer.exchange({"op": "health", "node_id": self._node_id})
+        if not reply.get("ok"):
+            raise BackendError(f"model server {self._observer.path} health: {reply}")
+        return HealthReading.from_json(reply["health"])
 
     def close(self) -> None:
         self._observer.close()
@@ -240,17 +247,21 @@ def set_model_health(
     fencing_node: int | None = None,
 ) -> None:
     """Set a node's lock health on a model server (tests): ModelDlm.set_health, remotely."""
-    observer = _Observer(path)
+    observer = _Connection(path, {"op": "observe"}, "")
     try:
-        observer.call(
-            op="set_health",
-            node_id=node_id,
-            lockspace=lockspace,
-            quorate=quorate,
-            fencing_node=fencing_node,
+        reply = observer.exchange(
+            {
+                "op": "set_health",
+                "node_id": node_id,
+                "lockspace": lockspace,
+                "quorate": quorate,
+                "fencing_node": fencing_node,
+            }
         )
     finally:
         observer.close()
+    if not reply.get("ok"):
+        raise BackendError(f"model server {path} set_health: {reply}")
 
 
 class RemoteModelBackend:
@@ -264,34 +275,11 @@ class RemoteModelBackend:
         self.node_id = node_id
         self.lockspace = lockspace
         self._path = path
-        self._mutex = threading.Lock()
-        self._sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-        self._sock.settimeout(CONNECT_TIMEOUT_S)
-        try:
-            self._sock.connect(path)
-            self._sock.settimeout(CALL_TIMEOUT_S)
-            self._sock.sendall(protocol.encode_frame({"op": "hello", "node_id": node_id}))
-            reply = recv_frame(self._sock)
-        except (OSError, ProtocolError) as err:
-            self._sock.close()
-            raise BackendUnavailable(
-                f"model server at {path} is not reachable; start it with "
-                f"'python -m virtdlm.backends.model_server --socket {path}'",
-                getattr(err, "errno", 0) or 0,
-            ) from err
-        if not reply or not reply.get("ok"):
-            self._sock.close()
-            raise BackendUnavailable(f"model server at {path} refused the session: {reply}")
+        hint = f"; start it with 'python -m virtdlm.backends.model_server --socket {path}'"
+        self._conn = _Connection(path, {"op": "hello", "node_id": node_id}, hint)
 
     def _call(self, **req: Any) -> dict[str, Any]:
-        with self._mutex:
-            try:
-                self._sock.sendall(protocol.encode_frame(req))
-                reply = recv_frame(self._sock)
-            except (OSError, ProtocolError) as err:
-                raise BackendError(f"model server call {req.get('op')}: {err}") from err
-        if reply is None:
-            raise BackendError(f"model server closed the session during {req.get('op')}")
+        reply = self._conn.exchange(req)
         if reply.get("ok"):
             return reply
         kind, message = reply.get("kind"), str(reply.get("message"))
@@ -329,8 +317,7 @@ class RemoteModelBackend:
         self._call(op="purge")
 
     def close(self) -> None:
-        with self._mutex:
-            self._sock.close()
+        self._conn.close()
 
     def health_probe(self) -> RemoteModelHealthProbe:
         return RemoteModelHealthProbe(self._path, self.node_id)
