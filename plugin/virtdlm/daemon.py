@@ -89,6 +89,11 @@ class Daemon:
         return self._registry
 
     @property
+    def monitor(self) -> HealthMonitor:
+        assert self._monitor is not None, "the daemon has not started"
+        return self._monitor
+
+    @property
     def health(self) -> LockHealth:
         """This node's lock health after the last reading (virtdlm.health)."""
         assert self._monitor is not None, "the daemon has not started"

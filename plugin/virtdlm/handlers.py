@@ -118,8 +118,13 @@ async def _deciding(d: Daemon, deadline: Deadline) -> AsyncIterator[None]:
 # -- one handler per op -------------------------------------------------------------------
 
 
-def _check_usable(d: Daemon) -> None:
-    """Refuse a start at once while the lockspace takes no calls (virtdlm.health)."""
+async def _check_usable(d: Daemon) -> None:
+    """Refuse a start at once while the lockspace takes no calls (virtdlm.health). A refusal
+    rests on a fresh reading: the monitor's last one may be health_interval_s old, and the
+    first start after a fence completed must not be refused for a fence that is over."""
+    if d.health.usable:
+        return
+    await d.monitor.check()
     if not d.health.usable:
         raise d.health.refusal()
 
@@ -128,7 +133,7 @@ async def _register(d: Daemon, session: Session, request: Request, deadline: Dea
     spec = _owner_of(request)
     if spec.pid != session.pid:
         raise Denied(f"register: claimed pid {spec.pid} is not the caller's pid {session.pid}")
-    _check_usable(d)
+    await _check_usable(d)
     async with _deciding(d, deadline):
         owner = d.registry.owner_for(spec, create=True)
     assert owner is not None
@@ -142,10 +147,10 @@ async def _register(d: Daemon, session: Session, request: Request, deadline: Dea
 async def _acquire(d: Daemon, session: Session, request: Request, deadline: Deadline) -> Reply:
     spec = _owner_of(request)
     policy.check_policy(d.config, request.resources)
-    _check_usable(d)
+    await _check_usable(d)
     wants = await policy.wants(d.config, request.resources, deadline)
     async with _deciding(d, deadline):
-        _check_usable(d)  # it may have changed while the disks were resolved
+        await _check_usable(d)  # it may have changed while the disks were resolved
         owner = d.registry.owner_for(spec, create=True)
         assert owner is not None
         owner.action = request.action  # the last one given wins

@@ -11,7 +11,8 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import threading
-from typing import Any
+from collections.abc import Coroutine
+from typing import Any, TypeVar
 
 from virtdlm.backends.base import LockBackend
 from virtdlm.client import Client
@@ -20,6 +21,7 @@ from virtdlm.daemon import Daemon
 from virtdlm.deadline import REQUEST_TIMEOUT_S
 from virtdlm.protocol import Request
 
+T = TypeVar("T")
 START_TIMEOUT_S = 10.0
 STOP_TIMEOUT_S = 10.0
 
@@ -70,6 +72,12 @@ class DaemonThread:
             self._loop.call_soon_threadsafe(self._serving.cancel)
         self._thread.join(STOP_TIMEOUT_S)
         assert not self._thread.is_alive(), "virtdlmd did not stop"
+
+    def run(self, coroutine: Coroutine[Any, Any, T]) -> T:
+        """Run a coroutine on the daemon's loop (e.g. one health reading), wait for it."""
+        assert self._loop is not None, "virtdlmd is not running"
+        future = asyncio.run_coroutine_threadsafe(coroutine, self._loop)
+        return future.result(STOP_TIMEOUT_S)
 
     def send(self, request: Request) -> dict[str, Any]:
         with Client(self.socket) as client:

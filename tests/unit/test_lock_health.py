@@ -200,3 +200,20 @@ def test_a_daemon_on_a_model_server_reads_the_health_a_test_sets(
     )
     vm = make_qemu(daemon.socket, "vm-1", [disk(images["one.qcow2"])])
     assert daemon.send(vm.acquire_request())["ok"]
+
+
+def test_the_first_start_after_a_fence_completes_is_not_refused_on_a_stale_reading(
+    make_node: Callable[..., Node], make_qemu: Callable[..., FakeQemu], images: dict[str, str]
+) -> None:
+    # A long interval: the monitor's own next reading comes long after the fence is over.
+    node = make_node(health_interval_s=30.0)
+    node.fault(fencing_node=2)
+    assert node.vdl.daemon is not None
+    node.vdl.run(node.vdl.daemon.monitor.check())  # a reading that sees the pending fence
+    assert node.health()["state"] == "fencing"
+    node.fault()  # the fence completed
+    vm = make_qemu(node.vdl.socket, "vm-1", [disk(images["one.qcow2"])], action="ignore")
+    began = time.monotonic()
+    assert node.vdl.send(vm.acquire_request())["ok"], "refused for a fence that is over"
+    assert time.monotonic() - began < FAST_S
+    assert node.health()["state"] == "ok"
