@@ -195,6 +195,9 @@ class Lab:
                 5.0,
                 f"{name} to answer over SSH after its power cycle",
             )
+        # Booted together, node-b may try the share before node-a serves it, and a failed
+        # boot-time mount is not retried: the storage phase mounts what is not mounted.
+        self.provision("storage", names=tuple(n for n in NODES if n in names))
 
     @step("fencing (fence_virtd on the host)")
     def fencing(self) -> None:

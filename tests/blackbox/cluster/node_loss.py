@@ -67,11 +67,31 @@ def audit(tn: TwoNode, host: HostObjects, fenced: str, after: str) -> None:
         tn.invariant(after=after)
 
 
-def healthy(nodes: dict[str, Node], settings: dict[str, object]) -> bool:
+def unhealthy(nodes: dict[str, Node], settings: dict[str, object]) -> list[str]:
+    """The health checks that fail, as "node: check: detail"."""
     try:
-        return all(c.ok for n in nodes.values() for c in node_checks(n, dict(settings)))
-    except LabError:
-        return False
+        checks = [c for n in nodes.values() for c in node_checks(n, dict(settings))]
+    except LabError as err:
+        return [str(err).splitlines()[0]]
+    return [f"{c.node}: {c.name}: {c.detail}" for c in checks if not c.ok]
+
+
+def wait_healthy(tn: TwoNode, settings: dict[str, object], what: str) -> None:
+    """Until every health check passes; the failing checks are in the error at the deadline."""
+    bad: list[str] = []
+
+    def ok() -> bool:
+        bad[:] = unhealthy(tn.nodes, settings)
+        return not bad
+
+    try:
+        wait_for(ok, HEAL_DEADLINE_S, 5, what)
+    except LabError as err:
+        raise LabError(f"{err}; failing: {'; '.join(bad)}") from err
+
+
+def healthy(nodes: dict[str, Node], settings: dict[str, object]) -> bool:
+    return not unhealthy(nodes, settings)
 
 
 def wait_fenced(tn: TwoNode, victim: str, survivor: str, since: float) -> None:
@@ -106,7 +126,7 @@ def power_on(lab: Lab, tn: TwoNode, name: str) -> None:
                 if not node_running(host, name):
                     host.power_on(lab_prefix() + name)
     tn.nodes[name].close()
-    wait_for(lambda: healthy(tn.nodes, lab.settings), HEAL_DEADLINE_S, 5, "the lab to heal")
+    wait_healthy(tn, lab.settings, "the lab to heal")
     tn.rebooted(name)
 
 

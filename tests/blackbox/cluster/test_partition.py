@@ -37,11 +37,9 @@ from lab.suite.matrix import BLOCK, ONE, nfs_storage
 from lab.suite.steps import NODE_A, NODE_B, OK, StepResult, TwoNode
 from lab.virt.domain import Disk, DomainSpec
 from lab.virt.refusal import LOCK_MANAGER, log_signs
-from lab.wait import wait_for
 
 from .conftest import Record
 from .node_loss import (
-    HEAL_DEADLINE_S,
     audit,
     heal_and_record,
     healthy,
@@ -49,6 +47,7 @@ from .node_loss import (
     report_timeline,
     survivor_view,
     wait_fenced,
+    wait_healthy,
 )
 
 pytestmark = pytest.mark.timeout(1800)  # a cut, a fence, TCG boots of the fenced node
@@ -189,16 +188,11 @@ def test_cut_node_b_is_fenced_and_node_a_takes_vm1_over_without_a_double_writer(
 def fencing_off(lab: Lab, tn: TwoNode) -> Iterator[None]:
     """dlm.conf without fencing on both nodes for this test; the setting back after it."""
     tn.remove_everything()
-    lab.set_fencing(False)
-    for name in NODES:
-        tn.rebooted(name)
-    wait_for(
-        lambda: healthy(tn.nodes, lab.settings | {"fencing": False}),
-        HEAL_DEADLINE_S,
-        5,
-        "the lab without fencing to be healthy",
-    )
     try:
+        lab.set_fencing(False)
+        for name in NODES:
+            tn.rebooted(name)
+        wait_healthy(tn, lab.settings | {"fencing": False}, "the lab without fencing")
         yield
     finally:
         # No heal first: the halves would merge and kill each other's corosync. The power
@@ -206,7 +200,7 @@ def fencing_off(lab: Lab, tn: TwoNode) -> Iterator[None]:
         lab.set_fencing(bool(lab.settings["fencing"]))
         for name in NODES:
             tn.rebooted(name)
-        wait_for(lambda: healthy(tn.nodes, lab.settings), HEAL_DEADLINE_S, 5, "the lab to heal")
+        wait_healthy(tn, lab.settings, "the lab to heal")
 
 
 # The control: only the audit's failure with the disk's own evidence is the expected one.
