@@ -60,27 +60,39 @@ class PowerWatch:
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, name=f"watch-{domain}", daemon=True)
 
-    def __enter__(self) -> PowerWatch:
+    def start(self) -> PowerWatch:
         self._thread.start()
         return self
 
-    def __exit__(self, *exc: object) -> None:
+    def stop(self) -> None:
         self._stop.set()
         self._thread.join(CALL_TIMEOUT_S)
+
+    def __enter__(self) -> PowerWatch:
+        return self.start()
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()
 
     @property
     def off(self) -> bool:
         return self.off_at is not None
 
     def _run(self) -> None:
-        try:
-            with HostObjects() as host:
-                while not self._stop.is_set() and self.off_at is None:
-                    if not host.is_running(self.domain):
-                        self.off_at = time.monotonic()
-                    self._stop.wait(self.interval_s)
-        except LabError as err:  # the caller sees it: off stays unknown
-            self.error = str(err)
+        host: HostObjects | None = None
+        while not self._stop.is_set() and self.off_at is None:
+            try:
+                host = host or HostObjects()
+                if not host.is_running(self.domain):
+                    self.off_at = time.monotonic()
+            except LabError as err:  # asked again next time; the last error is kept
+                self.error = str(err)
+                if host is not None:
+                    host.hv.close()
+                host = None
+            self._stop.wait(self.interval_s)
+        if host is not None:
+            host.hv.close()
 
 
 class HostObjects:

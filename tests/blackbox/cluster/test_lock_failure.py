@@ -22,7 +22,7 @@ import pytest
 
 from lab.cluster import Lab
 from lab.host import fencing
-from lab.host.objects import HostObjects, PowerWatch
+from lab.host.objects import PowerWatch
 from lab.settings import lab_prefix
 from lab.suite.matrix import BLOCK, ONE, TWO, nfs_storage
 from lab.suite.steps import NODE_A, NODE_B, OK, QUERY_TIMEOUT_S, StepResult, TwoNode
@@ -107,51 +107,47 @@ def test_dlm_controld_killed_each_vm_ends_as_its_on_lockfailure_says_and_node_b_
 
     since = time.time()
     killed = time.monotonic()
+    watch = PowerWatch(lab_prefix() + NODE_A).start()  # from the kill: times the fence
     tn.shell(NODE_A, "kill -9 dlm_controld", "pkill -KILL -x dlm_controld")
     try:
         seen: dict[str, float] = {}
         status: dict[str, object] = {}
-        with HostObjects() as host:
-            acted = {f"{vm} {want}" for vm, want in EXPECTED.items() if want != "running"}
-            while not acted <= set(seen):
-                elapsed = time.monotonic() - killed
-                assert elapsed < ACTION_BOUND_S, (
-                    f"within {ACTION_BOUND_S:.0f} s of the kill, only {seen} were seen"
-                )
-                for vm, want in EXPECTED.items():
-                    if want != "running" and state_on(tn, NODE_A, vm) == want:
-                        seen.setdefault(f"{vm} {want}", elapsed)
-                time.sleep(POLL_S)
-            assert state_on(tn, NODE_A, "vm-3") == "running", "on_lockfailure ignore: vm-3 stopped"
-            seen["vm-3 still running"] = time.monotonic() - killed
-            out = tn.nodes[NODE_A].check("virtdlm status --json", QUERY_TIMEOUT_S).stdout
-            status = json.loads(out)
-            report_timeline(
-                record,
-                TABLE,
-                NODE_A,
-                seen,
-                ("vm-1 shut off", "vm-2 paused", "vm-3 still running"),
-                "seconds from the kill until a poll of node-a's libvirt saw it",
+        acted = {f"{vm} {want}" for vm, want in EXPECTED.items() if want != "running"}
+        while not acted <= set(seen):
+            elapsed = time.monotonic() - killed
+            assert elapsed < ACTION_BOUND_S, (
+                f"within {ACTION_BOUND_S:.0f} s of the kill, only {seen} were seen"
             )
-            # node-a is fenced; node-b's DLM recovers without it and takes vm-1 over
-            started: StepResult | None = None
-            with PowerWatch(lab_prefix() + NODE_A) as watch:
-                while started is None or started.outcome != OK:
-                    elapsed = time.monotonic() - killed
-                    assert elapsed < TAKEOVER_DEADLINE_S, (
-                        f"no takeover on node-b in {elapsed:.0f} s"
-                    )
-                    if watch.off_at is not None:
-                        seen["node-a powered off (fenced)"] = watch.off_at - killed
-                        tn.down.add(NODE_A)  # the audits skip a node that is off
-                    audit(tn, host, NODE_A, f"lock-failure poll at {elapsed:.1f} s")
-                    view = survivor_view(tn.nodes[NODE_B], since)
-                    if view["ls_members"] == [2] and view["flags"] == 0:
-                        seen.setdefault("DLM on node-b recovered", elapsed)
-                        started = tn.start(NODE_B, vms["vm-1"])
-                    time.sleep(POLL_S)
+            for vm, want in EXPECTED.items():
+                if want != "running" and state_on(tn, NODE_A, vm) == want:
+                    seen.setdefault(f"{vm} {want}", elapsed)
+            time.sleep(POLL_S)
+        assert state_on(tn, NODE_A, "vm-3") == "running", "on_lockfailure ignore: vm-3 stopped"
+        seen["vm-3 still running"] = time.monotonic() - killed
+        out = tn.nodes[NODE_A].check("virtdlm status --json", QUERY_TIMEOUT_S).stdout
+        status = json.loads(out)
+        report_timeline(
+            record,
+            TABLE,
+            NODE_A,
+            seen,
+            ("vm-1 shut off", "vm-2 paused", "vm-3 still running"),
+            "seconds from the kill until a poll of node-a's libvirt saw it",
+        )
+        # node-a is fenced; node-b's DLM recovers without it and takes vm-1 over
+        started: StepResult | None = None
+        while started is None or started.outcome != OK:
+            elapsed = time.monotonic() - killed
+            assert elapsed < TAKEOVER_DEADLINE_S, f"no takeover on node-b in {elapsed:.0f} s"
+            audit(tn, watch, NODE_A, f"lock-failure poll at {elapsed:.1f} s")
+            view = survivor_view(tn.nodes[NODE_B], since)
+            if view["ls_members"] == [2] and view["flags"] == 0:
+                seen.setdefault("DLM on node-b recovered", elapsed)
+                started = tn.start(NODE_B, vms["vm-1"])
+            time.sleep(POLL_S)
         seen["vm-1 running on node-b"] = time.monotonic() - killed
+        if watch.off_at is not None:
+            seen["node-a powered off (fenced)"] = watch.off_at - killed
         report_timeline(
             record,
             TABLE,
@@ -170,6 +166,7 @@ def test_dlm_controld_killed_each_vm_ends_as_its_on_lockfailure_says_and_node_b_
         assert actions["vm-3"]["outcome"].startswith("ignored"), actions
         tn.destroy(NODE_B, "vm-1")
     finally:
+        watch.stop()
         # node-a's DLM cannot recover without a reboot: node-b fences it, then the lab
         # powers it on (never before the fence: it would power off the booting node).
         wait_fenced(tn, NODE_A, NODE_B, since)

@@ -28,7 +28,7 @@ import pytest
 
 from lab.cluster import NODES, Lab
 from lab.host import fencing
-from lab.host.objects import HostObjects, PowerWatch
+from lab.host.objects import PowerWatch
 from lab.settings import lab_prefix
 from lab.suite import partition
 from lab.suite.audit import AuditFailure
@@ -135,7 +135,7 @@ def test_cut_node_b_is_fenced_and_node_a_takes_vm1_over_without_a_double_writer(
     partition.cut(tn.nodes[LOSER], [cluster_addresses(lab)[SURVIVOR]], direction)
     seen: dict[str, float] = {}
     attempts: list[StepResult] = []
-    with HostObjects() as host, PowerWatch(lab_prefix() + LOSER) as watch:
+    with PowerWatch(lab_prefix() + LOSER) as watch:
         while True:
             elapsed = time.monotonic() - cut_at
             assert elapsed < TAKEOVER_DEADLINE_S, (
@@ -153,7 +153,7 @@ def test_cut_node_b_is_fenced_and_node_a_takes_vm1_over_without_a_double_writer(
             if view["ls_members"] == [1] and view["flags"] == 0:
                 seen.setdefault("DLM recovered", elapsed)
             # the audits, on every poll: never two writers, by libvirt or by the data
-            audit(tn, host, LOSER, f"partition poll at {elapsed:.1f} s")
+            audit(tn, watch, LOSER, f"partition poll at {elapsed:.1f} s")
             if "DLM recovered" in seen:
                 result = tn.start(SURVIVOR, vm)
                 attempts.append(result)
