@@ -165,9 +165,12 @@ class HealthMonitor:
         return self.health
 
     async def _read(self) -> HealthReading | None:
+        """One reading at a time: callers that come while one runs (the loop, and a request
+        that wants a fresh reading before it refuses) all wait for that one."""
         if self._reading is None:
             self._reading = asyncio.wrap_future(self._executor.submit(self.probe.read))
-        done, _ = await asyncio.wait({self._reading}, timeout=PROBE_TIMEOUT_S)
+        reading = self._reading
+        done, _ = await asyncio.wait({reading}, timeout=PROBE_TIMEOUT_S)
         if not done:
             if not self._slow_logged:
                 self._slow_logged = True
@@ -177,9 +180,10 @@ class HealthMonitor:
                     PROBE_TIMEOUT_S,
                 )
             return None
-        future, self._reading, self._slow_logged = self._reading, None, False
+        if self._reading is reading:  # the first of its waiters to wake takes it down
+            self._reading, self._slow_logged = None, False
         try:
-            return future.result()
+            return reading.result()
         except Exception as err:  # the probe's own failure: keep the last reading
             log.error("%s: the health probe failed: %s", self.health.lockspace, err)
             log.debug("health probe", exc_info=err)

@@ -7,6 +7,7 @@ test sets; on_lockfailure itself is test_lockfailure.py's.
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import os
 import re
@@ -217,3 +218,20 @@ def test_the_first_start_after_a_fence_completes_is_not_refused_on_a_stale_readi
     assert node.vdl.send(vm.acquire_request())["ok"], "refused for a fence that is over"
     assert time.monotonic() - began < FAST_S
     assert node.health()["state"] == "ok"
+
+
+def test_readings_asked_at_once_share_one_probe_and_none_fails(
+    make_node: Callable[..., Node], caplog: pytest.LogCaptureFixture
+) -> None:
+    # The monitor's loop and a request that wants a fresh reading can ask together.
+    node = make_node(health_interval_s=30.0)
+    assert node.vdl.daemon is not None
+    monitor = node.vdl.daemon.monitor
+
+    async def together() -> list[Any]:
+        return list(await asyncio.gather(*(monitor.check() for _ in range(5))))
+
+    caplog.set_level(logging.ERROR)
+    healths = node.vdl.run(together())
+    assert [h.state for h in healths] == ["ok"] * 5
+    assert not [r for r in caplog.records if "health probe failed" in r.getMessage()]
