@@ -201,8 +201,11 @@ phase_storage() {
   if [ "$name" = node-a ]; then
     python3 "$src/lab/provision/mbr.py" "$shared"
   fi
+  # Just after a boot udev may not have made the partitions' links yet; a partition table
+  # the kernel already uses cannot be re-read (busy), and need not be.
+  [ -b "$shared-part2" ] || udevadm settle --timeout=30
   if [ ! -b "$shared-part2" ]; then
-    blockdev --rereadpt "$shared"
+    blockdev --rereadpt "$shared" || log "re-reading $shared's partition table failed (in use?)"
     udevadm settle --timeout=30
   fi
   [ -b "$shared-part2" ] || { log "$shared-part1/2 did not appear after re-reading"; exit 1; }

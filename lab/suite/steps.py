@@ -142,19 +142,27 @@ class TwoNode:
                 self.on_step(result)
         return result
 
-    def invariant(self, after: str = "") -> str:
+    def invariant(self, after: str = "", call_timeout_s: float | None = None) -> str:
         """No exclusive disk is open read/write by two running domains, across both nodes,
         by libvirt's view and by the data the writer guests left on the disks
-        (lab.suite.data). Returns what the data audit saw, for the report."""
+        (lab.suite.data). Returns what the data audit saw, for the report.
+
+        `call_timeout_s`: a shorter deadline for each libvirt call, for a poll while a node
+        may be powered off under it (no reply ever comes from it: a call would otherwise
+        wait for the connection's whole deadline); the connections are then not reopened."""
         running: dict[str, str] = {}
         for name, h in self.hv.items():
             if name in self.down:  # a node powered off runs nothing
                 continue
-            self.reconnect_if_broken(name)  # the step may have restarted libvirtd
+            if call_timeout_s is None:
+                self.reconnect_if_broken(name)  # the step may have restarted libvirtd
+            flags = libvirt.VIR_CONNECT_LIST_DOMAINS_RUNNING
             for dom in h.call(
-                "running domains", h.conn.listAllDomains, libvirt.VIR_CONNECT_LIST_DOMAINS_RUNNING
+                "running domains", h.conn.listAllDomains, flags, timeout_s=call_timeout_s
             ):
-                running[f"{name}/{dom.name()}"] = h.call("xml", dom.XMLDesc, 0)
+                running[f"{name}/{dom.name()}"] = h.call(
+                    "xml", dom.XMLDesc, 0, timeout_s=call_timeout_s
+                )
         doubles = double_writers(running)
         seen = data.audit(self.read_disks, running, doubles, after, history=self.history)
         self.data_seen.append(seen)
