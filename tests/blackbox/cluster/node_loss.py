@@ -23,6 +23,9 @@ from .conftest import Record
 LOCKSPACE = "libvirt"  # lockspace_name in the nodes' qemu-dlm.conf
 HEAL_DEADLINE_S = 600.0
 FENCE_WAIT_S = 180.0
+# What dlm_controld logs at err priority while a node powered on again rejoins, as corosync
+# settles: it retries its cpg messages ("29 cpg_mcast_joined retry 100 protocol").
+REJOIN_LOG = ("cpg_mcast_joined retry",)
 AUDIT_CALL_TIMEOUT_S = 5.0  # one libvirt call of an audit (it answers in milliseconds)
 
 

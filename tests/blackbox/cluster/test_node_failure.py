@@ -30,7 +30,7 @@ from lab.suite.steps import NODE_A, NODE_B, OK, StepResult, TwoNode
 from lab.virt.refusal import LOCK_MANAGER, log_signs
 
 from .conftest import Record
-from .node_loss import LOCKSPACE, heal_and_record, power_on
+from .node_loss import LOCKSPACE, REJOIN_LOG, heal_and_record, power_on
 
 # power-off, DLM recovery, a TCG boot of node-a and its rejoin, a smoke migration
 pytestmark = pytest.mark.timeout(1500)
@@ -69,7 +69,7 @@ def dlm_view(node: Node, since: float) -> tuple[int, list[int], int, bool]:
 # The nodes' journals (lab.suite.journal): node-b's refusal before the power-off, and the
 # fence of node-a (dlm_controld and fence_virt, in dlm.service). The rest must be clean:
 # node-b's view of the loss (corosync logs it as notices) and node-a's whole new boot.
-@pytest.mark.allow_log(*log_signs(LOCK_MANAGER), "fence")
+@pytest.mark.allow_log(*log_signs(LOCK_MANAGER), "fence", *REJOIN_LOG)
 def test_node_a_powered_off_node_b_starts_vm1_after_dlm_recovery_and_the_cluster_heals(
     lab: Lab, tn: TwoNode, record: Record, node_a_comes_back: None
 ) -> None:

@@ -40,6 +40,7 @@ from lab.virt.refusal import LOCK_MANAGER, log_signs
 
 from .conftest import Record
 from .node_loss import (
+    REJOIN_LOG,
     audit,
     heal_and_record,
     healthy,
@@ -74,6 +75,7 @@ SPLIT_LOG = (
     # libvirtd, when dlm.so refuses a start in QEMU's pre-exec child while the DLM waits
     # for the fence (virtdlmd's LOCKSPACE_UNAVAILABLE): the child exits during the handshake
     "Child quit during startup handshake",
+    *REJOIN_LOG,
     *log_signs(LOCK_MANAGER),
 )
 
