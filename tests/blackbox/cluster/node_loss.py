@@ -27,6 +27,7 @@ FENCE_WAIT_S = 180.0
 # settles: it retries its cpg messages ("29 cpg_mcast_joined retry 100 protocol").
 REJOIN_LOG = ("cpg_mcast_joined retry",)
 AUDIT_CALL_TIMEOUT_S = 5.0  # one libvirt call of an audit (it answers in milliseconds)
+WATCH_SETTLE_S = 2.0  # for the power watch to see a node that stopped answering go off
 
 
 def report_timeline(
@@ -69,10 +70,13 @@ def audit(tn: TwoNode, watch: PowerWatch, fenced: str, after: str) -> None:
         tn.invariant(after=after, call_timeout_s=AUDIT_CALL_TIMEOUT_S)
     except AuditFailure:
         raise
-    except LabError:
-        time.sleep(2 * watch.interval_s)
-        if fenced in tn.down or not watch.off:
+    except LabError as err:
+        if fenced in tn.down:
             raise
+        try:  # a call that timed out on a node being fenced: the watch sees it off
+            wait_for(lambda: watch.off, WATCH_SETTLE_S, watch.interval_s, f"{fenced} off")
+        except LabError:
+            raise err from None
         tn.down.add(fenced)
         tn.invariant(after=after, call_timeout_s=AUDIT_CALL_TIMEOUT_S)
 
@@ -131,10 +135,9 @@ def power_on(lab: Lab, tn: TwoNode, name: str) -> None:
         if not node_running(host, name):
             try:
                 host.power_on(lab_prefix() + name)
-            except LabError:  # e.g. a fence's late power-off: once more
-                time.sleep(5.0)
-                if not node_running(host, name):
-                    host.power_on(lab_prefix() + name)
+            except LabError:  # e.g. a fence's late power-off: once it is off, once more
+                wait_for(lambda: not node_running(host, name), FENCE_WAIT_S, 1.0, f"{name} off")
+                host.power_on(lab_prefix() + name)
     tn.nodes[name].close()
     wait_healthy(tn, lab.settings, "the lab to heal")
     tn.rebooted(name)

@@ -15,6 +15,7 @@ in the timeline. With fencing: false the DLM recovers without it.
 
 from __future__ import annotations
 
+import re
 import time
 from collections.abc import Iterator
 
@@ -22,22 +23,20 @@ import pytest
 
 from lab.cluster import HOST_URI, Lab
 from lab.command import check as host_check
-from lab.nodes.health import parse_lockspace, parse_quorum
-from lab.nodes.node import Node
 from lab.settings import lab_prefix
 from lab.suite.matrix import BLOCK, thesis_vms
 from lab.suite.steps import NODE_A, NODE_B, OK, StepResult, TwoNode
 from lab.virt.refusal import LOCK_MANAGER, log_signs
 
 from .conftest import Record
-from .node_loss import LOCKSPACE, REJOIN_LOG, heal_and_record, power_on
+from .node_loss import REJOIN_LOG, heal_and_record, power_on, survivor_view
 
 # power-off, DLM recovery, a TCG boot of node-a and its rejoin, a smoke migration
 pytestmark = pytest.mark.timeout(1500)
 
 TABLE = "node failure (shared block device)"
 RECOVERY_DEADLINE_S = 180.0
-FENCED = "fence result 1 .* result 0"  # dlm_controld: node-a's fence succeeded
+FENCED = re.compile(r"fence result 1 .* result 0")  # dlm_controld: node-a's fence succeeded
 
 
 def host_virsh(*args: str, timeout_s: float = 60.0) -> None:
@@ -50,20 +49,6 @@ def node_a_comes_back(lab: Lab, tn: TwoNode) -> Iterator[None]:
     yield
     if NODE_A in tn.down:
         power_on(lab, tn, NODE_A)
-
-
-def dlm_view(node: Node, since: float) -> tuple[int, list[int], int, bool]:
-    """(corosync members, DLM lockspace members, lockspace flags, node-a's fence done) as
-    node sees them; the fence from dlm_controld's log since `since` (epoch seconds)."""
-    text = node.run(
-        "corosync-quorumtool -s; dlm_tool ls; "
-        f"journalctl -q --no-pager -o cat -u dlm --since @{since:.0f} | grep -c '{FENCED}'",
-        timeout_s=10,
-    ).stdout
-    _quorate, members = parse_quorum(text)
-    members_ls, flags = parse_lockspace(text, LOCKSPACE) or ([], -1)
-    fenced = text.strip().splitlines()[-1:] not in ([], ["0"])
-    return members, members_ls, flags, fenced
 
 
 # The nodes' journals (lab.suite.journal): node-b's refusal before the power-off, and the
@@ -93,7 +78,9 @@ def test_node_a_powered_off_node_b_starts_vm1_after_dlm_recovery_and_the_cluster
         assert time.monotonic() - powered_off < RECOVERY_DEADLINE_S, (
             f"no DLM recovery on node-b {RECOVERY_DEADLINE_S:.0f} s after node-a's power-off"
         )
-        members, ls_members, flags, fenced = dlm_view(b, since)
+        view = survivor_view(b, since)
+        members, ls_members, flags = view["members"], view["ls_members"], view["flags"]
+        fenced = FENCED.search(view["fence"]) is not None
         if members == 1:
             seen.setdefault("corosync", time.monotonic() - powered_off)
         if fenced:
