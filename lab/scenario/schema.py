@@ -12,7 +12,7 @@ A scenario is what the kit runs, replays, records and shrinks (docs/scenarios.md
     steps:
       - {on: node-a, do: start, vm: vm-1}
       - {on: node-a, do: migrate, vm: vm-1, to: node-b}
-      - {on: node-a, do: start, vm: vm-2, expect: lock-manager, code: 55, holder: vm-1@node-b}
+      - {on: node-a, do: start, vm: vm-2, expect: lock-manager, code: 87, holder: vm-1@node-b}
       - together:
           - {on: node-b, do: destroy, vm: vm-1}
           - {on: node-a, do: start, vm: vm-2, expect: any}

@@ -8,9 +8,14 @@
         one JSON line: the writer guests' record and collision marker on each disk
     python3 -m lab.suite.on_node wipe-disks PATH...
         zero what writer guests left on these disks (no domain may have them open)
+    python3 -m lab.suite.on_node observe PATH...
+        one JSON line: this node's own truth after a step (lab.scenario.history): virtdlmd's
+        locks, corosync's quorum and members, every QEMU and the files it has open for
+        writing (from /proc, not from libvirt), and where each PATH really leads
     python3 -m lab.suite.on_node serve-disks
-        the same two, asked as lines "read PATH..." / "wipe PATH..." on stdin, one JSON
-        line each in answer, until stdin ends (the suite keeps one per node)
+        the same three, asked as lines "read PATH..." / "wipe PATH..." / "observe PATH..."
+        on stdin, one JSON line each in answer, until stdin ends (the suite keeps one per
+        node)
 
 Provisioning (lab/nodes/provisioning.py) copies this tree to NODE_TREE in each node; there
 it runs with the node's own python3 and the tree's virtdlm, so it imports only the standard
@@ -31,6 +36,7 @@ import time
 from collections.abc import Callable, Iterable, Mapping
 from typing import Any
 
+from virtdlm.backends.dlm_health import QUORUM_TOOL, parse_quorum, run_tool
 from virtdlm.cli import default_socket
 from virtdlm.client import locks
 from virtdlm.errors import VirtDlmError
@@ -123,6 +129,94 @@ def wipe_disks(paths: Iterable[str]) -> str:
     return "wiped"
 
 
+QEMU_COMM_PREFIX = "qemu-system"
+PROC = "/proc"
+
+
+def parse_members(quorumtool: str) -> list[str]:
+    """Node names in `corosync-quorumtool -s`'s membership table ("(local)" dropped)."""
+    members, table = [], False
+    for line in quorumtool.splitlines():
+        fields = line.split()
+        if fields[:3] == ["Nodeid", "Votes", "Name"] or fields[:4] == [
+            "Nodeid",
+            "Votes",
+            "Qdevice",
+            "Name",
+        ]:
+            table = True
+        elif table and len(fields) >= 3 and fields[0].isdigit():
+            members.append(fields[-2] if fields[-1] == "(local)" else fields[-1])
+    return members
+
+
+def guest_name(cmdline: list[str]) -> str:
+    """The domain a QEMU runs, from its `-name guest=NAME,...` argument (libvirt's form)."""
+    for flag, value in zip(cmdline, cmdline[1:], strict=False):
+        if flag == "-name":
+            first = value.split(",")[0]
+            return first.removeprefix("guest=")
+    return ""
+
+
+def open_for_writing(pid: int, proc: str = PROC) -> list[str]:
+    """The files and devices the process has open for writing (O_WRONLY or O_RDWR), as the
+    kernel names them: the node's own truth of who can write a disk."""
+    out = set()
+    fd_dir = f"{proc}/{pid}/fd"
+    try:
+        fds = os.listdir(fd_dir)
+    except OSError:
+        return []
+    for fd in fds:
+        try:
+            target = os.readlink(f"{fd_dir}/{fd}")
+            with open(f"{proc}/{pid}/fdinfo/{fd}", encoding="ascii") as f:
+                flags = next(int(line.split()[1], 8) for line in f if line.startswith("flags:"))
+        except (OSError, StopIteration, ValueError):
+            continue  # closed meanwhile
+        if target.startswith("/") and flags & os.O_ACCMODE in (os.O_WRONLY, os.O_RDWR):
+            out.add(target.removesuffix(" (deleted)"))
+    return sorted(out)
+
+
+def qemu_writers(proc: str = PROC) -> list[dict[str, Any]]:
+    """Every QEMU on this node: its pid, domain and what it has open for writing."""
+    found = []
+    for entry in os.listdir(proc):
+        if not entry.isdigit():
+            continue
+        try:
+            with open(f"{proc}/{entry}/comm", encoding="utf-8") as f:
+                if not f.read().startswith(QEMU_COMM_PREFIX):
+                    continue
+            with open(f"{proc}/{entry}/cmdline", encoding="utf-8", errors="replace") as f:
+                cmdline = f.read().split("\0")
+        except OSError:
+            continue
+        pid = int(entry)
+        found.append(
+            {"pid": pid, "domain": guest_name(cmdline), "writes": open_for_writing(pid, proc)}
+        )
+    return sorted(found, key=lambda q: q["pid"])
+
+
+def observe(paths: Iterable[str], socket_path: str) -> dict[str, Any]:
+    """What this node itself says after a step (see the module's docstring)."""
+    try:
+        held: Any = locks(socket_path, LOCKS_TIMEOUT_S)
+    except (VirtDlmError, OSError) as err:
+        held = {"error": str(err)}
+    rc, text = run_tool(QUORUM_TOOL)
+    quorate, detail = parse_quorum(rc, text)
+    return {
+        "locks": held,
+        "quorum": {"quorate": quorate, "detail": detail, "members": parse_members(text)},
+        "qemu": qemu_writers(),
+        "paths": {p: os.path.realpath(p) for p in paths},
+    }
+
+
 def serve_disks(lines: Iterable[str], out: Any) -> None:
     """Answer "read PATH..." and "wipe PATH..." one line each until stdin ends: the suite
     reads the disks after every step through one SSH channel (lab.nodes.node.Session)."""
@@ -132,6 +226,8 @@ def serve_disks(lines: Iterable[str], out: Any) -> None:
         try:
             if verb == "read" and paths:
                 answer = json.dumps([disks.evidence(p, offsets).to_json() for p in paths])
+            elif verb == "observe":
+                answer = json.dumps(observe(paths, default_socket()))
             elif verb == "wipe" and paths:
                 for path in paths:
                     offsets.pop(path, None)
@@ -155,13 +251,17 @@ def main(argv: list[str] | None = None) -> int:
     read.add_argument("paths", nargs="+")
     wipe = sub.add_parser("wipe-disks", help="zero what writer guests left (nobody may run)")
     wipe.add_argument("paths", nargs="+")
-    sub.add_parser("serve-disks", help="answer read/wipe lines on stdin, one JSON line each")
+    look = sub.add_parser("observe", help="this node's locks, quorum and QEMU writers (JSON)")
+    look.add_argument("paths", nargs="*")
+    sub.add_parser("serve-disks", help="answer read/wipe/observe lines, one JSON line each")
     args = parser.parse_args(argv)
     try:
         if args.command == "kill-qemu":
             out = f"{kill_qemu(args.vm, args.socket or default_socket(), args.watch_s):.3f}"
         elif args.command == "read-disks":
             out = read_disks(args.paths)
+        elif args.command == "observe":
+            out = json.dumps(observe(args.paths, default_socket()))
         elif args.command == "serve-disks":
             serve_disks(sys.stdin, sys.stdout)
             return 0

@@ -23,6 +23,7 @@ import libvirt
 from ..cluster import NODES
 from ..guest.disks import Evidence, evidence_from_json
 from ..nodes.node import Node, Session
+from ..nodes.provisioning import NODE_SH
 from ..virt.domain import DomainSpec, domain_xml
 from ..virt.hypervisor import Hypervisor, LibvirtFailure
 from ..virt.refusal import OK, Refusal
@@ -172,7 +173,10 @@ class TwoNode:
 
     def _disks(self, verb: str, paths: Iterable[str]) -> Any:
         """Ask a node that is up (its long-lived on-node disk reader) to read or wipe."""
-        node = next(n for n in NODES if n not in self.down)
+        return self.ask(next(n for n in NODES if n not in self.down), verb, paths)
+
+    def ask(self, node: str, verb: str, paths: Iterable[str]) -> Any:
+        """One question to the node's long-lived on-node helper (lab.suite.on_node)."""
         if node not in self.disk_readers:
             command = on_node.command("serve-disks")
             self.disk_readers[node] = self.nodes[node].session(command, QUERY_TIMEOUT_S)
@@ -180,6 +184,19 @@ class TwoNode:
         if isinstance(answer, dict) and "error" in answer:
             raise LabError(f"[{node}] {verb} {' '.join(paths)}: {answer['error']}")
         return answer
+
+    def observe(self, node: str, paths: Iterable[str]) -> dict[str, Any]:
+        """The node's own truth after a step: locks, quorum, QEMU writers (on_node.observe)."""
+        return dict(self.ask(node, "observe", list(paths)))
+
+    def set_lock_manager(self, manager: str) -> None:
+        """libvirt's lock manager on every node (node.sh restarts libvirtd when it changes)."""
+        for name, node in self.nodes.items():
+            current = node.check("grep -h '^lock_manager' /etc/libvirt/qemu.conf || true").stdout
+            if f'"{manager}"' in current or (manager == "nop" and not current.strip()):
+                continue
+            node.check(f"{NODE_SH} lock-manager {name} {manager}", timeout_s=120)
+            self.hv[name].reconnect()
 
     def read_disks(self, paths: list[str]) -> list[Evidence]:
         """What the writer guests left on these disks, read on a node that is up."""
@@ -199,6 +216,18 @@ class TwoNode:
     def migrate(
         self, vm: str, src: str, dst: str, dest_spec: DomainSpec | None = None
     ) -> StepResult:
+        return self.step(
+            src, f"migrate to {dst}", vm, lambda: self.migrate_call(vm, src, dst, dest_spec)
+        )
+
+    def migrate_call(
+        self,
+        vm: str,
+        src: str,
+        dst: str,
+        dest_spec: DomainSpec | None = None,
+        timeout_s: float | None = None,
+    ) -> None:
         """Live, peer to peer: the source libvirtd reaches the destination's over the
         cluster network by name, as an admin's `virsh migrate --live --p2p` does."""
         h = self.hv[src]
@@ -206,19 +235,14 @@ class TwoNode:
         if dest_spec is not None:
             params[libvirt.VIR_MIGRATE_PARAM_DEST_XML] = domain_xml(dest_spec)
         flags = libvirt.VIR_MIGRATE_LIVE | libvirt.VIR_MIGRATE_PEER2PEER
-
-        def go() -> None:
-            dom = h.lookup(vm)
-            h.call(
-                f"migrate {vm} to {dst}",
-                dom.migrateToURI3,
-                libvirt_uri(dst),
-                params,
-                flags,
-                timeout_s=MIGRATE_TIMEOUT_S,
-            )
-
-        return self.step(src, f"migrate to {dst}", vm, go)
+        h.call(
+            f"migrate {vm} to {dst}",
+            h.lookup(vm).migrateToURI3,
+            libvirt_uri(dst),
+            params,
+            flags,
+            timeout_s=timeout_s or MIGRATE_TIMEOUT_S,
+        )
 
     def suspend(self, node: str, vm: str) -> StepResult:
         return self.step(node, "suspend", vm, lambda: self.hv[node].suspend(vm))
@@ -236,22 +260,18 @@ class TwoNode:
         return self.step(node, "destroy", vm, lambda: self.hv[node].destroy(vm))
 
     def save(self, node: str, vm: str, path: str) -> StepResult:
-        h = self.hv[node]
-        return self.step(
-            node,
-            "save",
-            vm,
-            lambda: h.call(f"save {vm}", h.lookup(vm).save, path, timeout_s=SAVE_TIMEOUT_S),
-        )
+        return self.step(node, "save", vm, lambda: self.save_call(node, vm, path))
 
     def restore(self, node: str, vm: str, path: str) -> StepResult:
+        return self.step(node, "restore", vm, lambda: self.restore_call(node, path))
+
+    def save_call(self, node: str, vm: str, path: str, timeout_s: float | None = None) -> None:
         h = self.hv[node]
-        return self.step(
-            node,
-            "restore",
-            vm,
-            lambda: h.call(f"restore {path}", h.conn.restore, path, timeout_s=SAVE_TIMEOUT_S),
-        )
+        h.call(f"save {vm}", h.lookup(vm).save, path, timeout_s=timeout_s or SAVE_TIMEOUT_S)
+
+    def restore_call(self, node: str, path: str, timeout_s: float | None = None) -> None:
+        h = self.hv[node]
+        h.call(f"restore {path}", h.conn.restore, path, timeout_s=timeout_s or SAVE_TIMEOUT_S)
 
     def play(self, step: Step, vms: dict[str, DomainSpec]) -> StepResult:
         """Run one data step (no assertion: the caller compares with step.expect)."""

@@ -129,6 +129,20 @@ class Hypervisor:
             libvirt.VIR_DOMAIN_AFFECT_LIVE,
         )
 
+    def detach_disk(self, name: str, path: str) -> None:
+        """Hot-unplug the disk whose source is `path` (its XML as the domain has it)."""
+        dom = self.lookup(name)
+        xml = self.call(f"xml of {name}", dom.XMLDesc, 0)
+        device = next((d for d in disk_elements(xml) if path in d), None)
+        if device is None:
+            raise LabError(f"[{self.node}] {name} has no disk {path}")
+        self.call(
+            f"detach {path} from {name}",
+            dom.detachDeviceFlags,
+            device,
+            libvirt.VIR_DOMAIN_AFFECT_LIVE,
+        )
+
     def state(self, name: str) -> int:
         state, _reason = self.call(f"state {name}", self.lookup(name).state)
         return int(state)
@@ -162,3 +176,13 @@ class Hypervisor:
     def remove_all(self) -> None:
         for name in self.names():
             self.remove(name)
+
+
+def disk_elements(domain_xml_text: str) -> list[str]:
+    """Each <disk> element of a domain's XML, as text (what detachDevice takes)."""
+    import xml.etree.ElementTree as ET
+
+    return [
+        ET.tostring(d, encoding="unicode")
+        for d in ET.fromstring(domain_xml_text).findall("./devices/disk")
+    ]
