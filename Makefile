@@ -11,7 +11,7 @@ CFLAGS_DRIVER := -std=gnu11 -O2 -g -fPIC -shared -fvisibility=hidden \
 DRIVER_C   := $(sort $(wildcard plugin/driver/*.c))
 DRIVER_SRC := $(DRIVER_C) $(wildcard plugin/driver/*.h)
 
-.PHONY: all deps unit plugin guest install-plugin check local-lab local-lab-stop lab lab-status lab-destroy lab-clean lab-test test bench lint clean venv
+.PHONY: all deps unit plugin guest install-plugin check local-lab local-lab-stop lab lab-status lab-destroy lab-clean lab-test test bench lint clean venv replay record campaign
 
 all: plugin unit
 
@@ -94,6 +94,26 @@ lab-test: venv plugin lab
 	mkdir -p $(REPORTS)
 	$(PYTEST) tests/lab tests/blackbox/cluster -v -rA \
 		--junitxml=$(REPORTS)/junit.xml -o junit_family=xunit1
+
+# Scenarios (docs/scenarios.md): replay a file on the lab, record what people do with virsh,
+# run a seeded fault campaign that shrinks what it finds into scenarios/found/.
+SCENARIO ?=
+OUT ?=
+SEED ?= 1
+STEPS ?= 40
+LOCK_MANAGER ?= dlm
+CAMPAIGN_FLAGS ?=
+replay: venv plugin lab
+	@test -n "$(SCENARIO)" || { echo "usage: make replay SCENARIO=FILE"; exit 2; }
+	$(PY) -m lab.scenario replay $(SCENARIO)
+
+record: venv
+	@test -n "$(OUT)" || { echo "usage: make record OUT=FILE"; exit 2; }
+	$(PY) -m lab.scenario record --out $(OUT)
+
+campaign: venv plugin lab
+	$(PY) -m lab.scenario campaign --seed $(SEED) --steps $(STEPS) \
+		--lock-manager $(LOCK_MANAGER) $(CAMPAIGN_FLAGS)
 
 # Every tier; exit code 5 (no tests collected) is a failure.
 test: deps unit check lab-test

@@ -19,14 +19,21 @@ import re
 import sys
 import time
 from collections.abc import Callable
+from typing import TYPE_CHECKING, Any
 
 from ..settings import LAB_DIR
 from ..wait import LabError
 from . import history
 from .schema import Scenario, ScenarioError, dump, load
 
+if TYPE_CHECKING:
+    from ..cluster import Lab
+    from ..suite.steps import TwoNode
+    from .run import Result
+
 EXIT_OK, EXIT_FAILED, EXIT_INVALID = 0, 1, 2
 REPLAY_DIR = os.path.join(LAB_DIR, "reports", "replay")
+CAMPAIGN_DIR = os.path.join(LAB_DIR, "reports", "campaign")
 
 
 def say(line: str) -> None:
@@ -44,22 +51,33 @@ def artifact_dir(base: str, name: str) -> str:
 class Session:
     """The lab and its connections, for the replays of one command."""
 
-    def __init__(self, writers: bool = True) -> None:
+    def __init__(
+        self, writers: bool = True, lab: Lab | None = None, tn: TwoNode | None = None
+    ) -> None:
+        """The lab (brought up if it is not) and connections to its nodes; a caller that
+        has them (the suite) passes its own."""
         from ..cluster import NODES, Lab
         from ..nodes import WRITER_BOOT_IMAGE
         from ..suite.steps import TwoNode
 
-        self.lab = Lab()
+        self.lab = lab or Lab()
         if not self.lab.is_up():
             say("the lab is not up: bringing it up (make lab)")
             self.lab.up()
-        self.tn = TwoNode.connect({n: self.lab.nodes.node(n) for n in NODES})
-        self.tn.writer_boot = WRITER_BOOT_IMAGE if writers else ""
+        self.own = tn is None
+        self.tn = tn or TwoNode.connect({n: self.lab.nodes.node(n) for n in NODES})
+        if self.own:
+            self.tn.writer_boot = WRITER_BOOT_IMAGE if writers else ""
 
     def replay(
-        self, scenario: Scenario, out_dir: str, quiet: bool = False, restore: bool = True
-    ) -> tuple[bool, str, str]:
-        """Prepare the lab, run the scenario; (passed, failure, history path)."""
+        self,
+        scenario: Scenario,
+        out_dir: str,
+        quiet: bool = False,
+        restore: bool = True,
+        on_item: Callable[[list[Any], dict[str, Any]], None] | None = None,
+    ) -> tuple[Result, str]:
+        """Prepare the lab, run the scenario; its result and history's path."""
         from .run import Runner
 
         log: Callable[[str], None] = (lambda _line: None) if quiet else say
@@ -67,7 +85,7 @@ class Session:
         with open(os.path.join(out_dir, "scenario.yaml"), "w", encoding="utf-8") as f:
             f.write(dump(scenario, f"replayed from {scenario.source}"))
         with open(path, "w", encoding="utf-8") as hist:
-            runner = Runner(self.tn, self.lab, scenario, hist, log)
+            runner = Runner(self.tn, self.lab, scenario, hist, log, on_item=on_item)
             nodes, manager = ", ".join(scenario.nodes), scenario.lab.lock_manager
             log(f"reset: {nodes} clean, lock manager {manager}")
             runner.prepare()
@@ -76,7 +94,7 @@ class Session:
             finally:
                 if restore:
                     self.restore()
-        return result.ok, result.failure, path
+        return result, path
 
     def restore(self) -> None:
         """Leave the lab as `make lab` set it: nothing running, its own lock manager."""
@@ -84,7 +102,8 @@ class Session:
         self.tn.set_lock_manager(str(self.lab.settings["lock_manager"]))
 
     def close(self) -> None:
-        self.tn.close()
+        if self.own:
+            self.tn.close()
 
 
 def cmd_validate(args: argparse.Namespace) -> int:
@@ -109,18 +128,71 @@ def cmd_replay(args: argparse.Namespace) -> int:
         say(f"the lab cannot be made ready: {err}")
         return EXIT_INVALID
     try:
-        ok, failure, path = session.replay(scenario, out)
+        result, path = session.replay(scenario, out)
     except LabError as err:
         say(f"the lab cannot be made ready: {err}")
         return EXIT_INVALID
     finally:
         session.close()
     say(f"history: {path}")
-    if ok:
+    if result.ok:
         say(f"passed: every expectation and audit held ({args.file})")
         return EXIT_OK
-    say(f"FAILED: {failure}")
+    say(f"FAILED: {result.failure}")
     return EXIT_FAILED
+
+
+def cmd_campaign(args: argparse.Namespace) -> int:
+    from .campaign import Campaign
+
+    say(f"seed: {args.seed} (steps {args.steps}, lock manager {args.lock_manager})")
+    out = artifact_dir(CAMPAIGN_DIR, f"{args.lock_manager}-seed-{args.seed}")
+    try:
+        session = Session(writers=not args.no_writers)
+    except LabError as err:
+        say(f"the lab cannot be made ready: {err}")
+        return EXIT_INVALID
+    try:
+        campaign = Campaign(
+            session,
+            args.seed,
+            args.steps,
+            args.lock_manager,
+            out,
+            say,
+            heavy=args.heavy,
+            budget_s=args.budget,
+            found_dir=args.found_dir,
+        )
+        finding = campaign.run()
+        if finding is None:
+            say(f"all audits held: {args.steps} steps, seed {args.seed}; run in {out}")
+            return EXIT_OK
+        say(f"FAILED: {finding.failure}")
+        say(f"shrinking {len(finding.scenario.steps)} items (budget {args.budget:.0f} s)")
+        smallest, history_path = campaign.shrink(finding)
+        path = campaign.write_found(smallest, history_path, finding.failure)
+    except LabError as err:
+        say(f"the lab cannot be made ready: {err}")
+        return EXIT_INVALID
+    finally:
+        session.close()
+    say(f"found: {path}")
+    return EXIT_FAILED
+
+
+def cmd_record(args: argparse.Namespace) -> int:
+    from ..cluster import NODES, Lab
+    from ..suite.steps import libvirt_uri
+    from .record import record
+
+    lab = Lab()
+    if not lab.is_up():
+        say("the lab is not up: run make lab first")
+        return EXIT_INVALID
+    uris = {n: libvirt_uri(lab.nodes.node(n).ssh.host) for n in NODES}
+    record(args.out, uris, str(lab.settings["mount_point"]))
+    return EXIT_OK
 
 
 def cmd_check(args: argparse.Namespace) -> int:
@@ -154,6 +226,20 @@ def main(argv: list[str] | None = None) -> int:
     )
     p.add_argument("--no-writers", action="store_true", help="firmware-only domains")
     p.set_defaults(fn=cmd_replay)
+    p = sub.add_parser("campaign", help="a seeded random fault campaign on the lab")
+    p.add_argument("--seed", type=int, required=True)
+    p.add_argument("--steps", type=int, default=40)
+    p.add_argument("--lock-manager", choices=("dlm", "nop"), default="dlm")
+    p.add_argument(
+        "--heavy", action="store_true", help="also power-off/on, cut/heal, stop virtdlmd"
+    )
+    p.add_argument("--budget", type=float, default=1200.0, help="seconds for shrinking")
+    p.add_argument("--found-dir", default="scenarios/found")
+    p.add_argument("--no-writers", action="store_true", help="firmware-only domains")
+    p.set_defaults(fn=cmd_campaign)
+    p = sub.add_parser("record", help="record what people do with virsh as a scenario")
+    p.add_argument("--out", required=True)
+    p.set_defaults(fn=cmd_record)
     p = sub.add_parser("validate", help="check scenario files, no lab needed")
     p.add_argument("files", nargs="+")
     p.set_defaults(fn=cmd_validate)

@@ -26,19 +26,28 @@ import libvirt
 from ..cluster import Lab
 from ..host.objects import HostObjects
 from ..settings import lab_prefix
-from ..suite import node_loss, partition
+from ..suite import node_loss, on_node, partition
 from ..suite.audit import AuditFailure
 from ..suite.data import DataAuditFailure
 from ..suite.journal import JournalWatch
 from ..suite.matrix import SHARED_DISK, thesis_disks
-from ..suite.steps import RELEASE_DEADLINE_S, SHELL_TIMEOUT_S, TwoNode
+from ..suite.steps import KILL_QEMU_TIMEOUT_S, RELEASE_DEADLINE_S, SHELL_TIMEOUT_S, TwoNode
 from ..virt.domain import Disk, DomainSpec, Lease
 from ..virt.hypervisor import LibvirtFailure
-from ..virt.refusal import LOCK_DAEMON_DOWN, OK, OTHER, log_signs
+from ..virt.refusal import (
+    LOCK_DAEMON_DOWN,
+    LOCK_MANAGER,
+    OK,
+    OTHER,
+    QEMU_IMAGE_LOCK,
+    Refusal,
+    log_signs,
+)
 from ..wait import LabError
 from . import audits, history
-from .schema import DiskUse, Item, Scenario, Step, Together, resolve_path
+from .schema import ANY, DiskUse, Item, Scenario, Step, Together, resolve_path
 
+ADOPT_S = 10.0  # a virtdlmd started again adopts the running VMs' locks within this
 OBSERVE_CALL_TIMEOUT_S = 5.0  # one libvirt call while observing (a fenced node never answers)
 SETTLE_POLL_S = 0.25
 LEASE_DIR = "/var/lib/libvirt/dlm-leases"  # a lease's <target path>: the DLM uses its key only
@@ -74,6 +83,20 @@ for _fault in ("power-on", "cut", "heal"):
 ALLOW_WHILE_DEGRADED = ALLOW_BY_ACTION["power-off"]
 
 
+def allowed_log(scenario: Scenario) -> tuple[str, ...]:
+    """Every journal line this scenario's actions and expected refusals may leave."""
+    out: set[str] = set()
+    for step in scenario.flat():
+        out.update(ALLOW_BY_ACTION.get(step.do, ()))
+        layers = (
+            (LOCK_MANAGER, QEMU_IMAGE_LOCK, LOCK_DAEMON_DOWN)
+            if step.expect == ANY
+            else (step.expect,)
+        )
+        out.update(log_signs(*layers))
+    return tuple(sorted(out))
+
+
 def scenario_uuid(vm: str) -> str:
     """One uuid per VM name: the same VM wherever and whenever it runs."""
     return str(uuid.uuid5(uuid.NAMESPACE_URL, f"virtdlm-scenario:{vm}"))
@@ -90,6 +113,8 @@ class Outcome:
     message: str = ""
     seconds: float = 0.0
     started: float = 0.0  # monotonic
+    refusal: Refusal | None = None
+    note: str = ""  # what the step measured (kill-qemu: the seconds until the release)
 
     def to_json(self) -> dict[str, Any]:
         args = {
@@ -111,6 +136,7 @@ class Outcome:
             "holder_seen": self.holder,
             "message": self.message,
             "seconds": round(self.seconds, 3),
+            "note": self.note,
         }
 
     def describe(self) -> str:
@@ -140,11 +166,13 @@ class Runner:
         history_file: TextIO | None = None,
         say: Callable[[str], None] = lambda line: None,
         read_journals: bool = True,
+        on_item: Callable[[list[Outcome], dict[str, Any]], None] | None = None,
     ) -> None:
         self.tn, self.lab, self.scenario = tn, lab, scenario
         self.history_file = history_file
         self.say = say
         self.read_journals = read_journals
+        self.on_item = on_item  # after each step or group, its audits run (the suite's report)
         self.mount_point = str(lab.settings["mount_point"])
         self.cut: set[str] = set()
         self.virtdlmd_down: set[str] = set()
@@ -210,6 +238,11 @@ class Runner:
         tn.down.clear()
         tn.remove_everything()
         tn.wait_no_locks(nodes, RELEASE_DEADLINE_S)
+        saves = sorted(
+            {self.save_path(s) for s in self.scenario.flat() if s.do in ("save", "restore")}
+        )
+        if saves:
+            tn.nodes[nodes[0]].check("rm -f " + " ".join(saves), timeout_s=SHELL_TIMEOUT_S)
         if tn.writer_boot:
             tn.wipe_disks(self.disk_paths())
         tn.set_lock_manager(self.scenario.lab.lock_manager)
@@ -272,6 +305,8 @@ class Runner:
         for v in audits.failed(verdicts):
             self.say(f"  audit {v.describe()}")
         self._write(record)
+        if self.on_item is not None:
+            self.on_item(outcomes, record)
         return record
 
     def _write(self, record: dict[str, Any]) -> None:
@@ -291,10 +326,10 @@ class Runner:
     def attempt(self, step: Step) -> Outcome:
         out = Outcome(step, started=time.monotonic())
         try:
-            self.act(step)
+            out.note = self.act(step)
         except LibvirtFailure as err:
             out.outcome, out.code, out.message = err.layer, err.code, err.message
-            r = err.refusal
+            r = out.refusal = err.refusal
             out.holder = f"{r.holder_domain}@{r.holder_node}" if r.holder_domain else ""
         except LabError as err:
             out.outcome, out.message = OTHER, str(err)
@@ -308,9 +343,9 @@ class Runner:
         try:
             seen = self.tn.invariant(after=after, call_timeout_s=OBSERVE_CALL_TIMEOUT_S)
         except DataAuditFailure as err:
-            return {"ok": False, "saw": err.summary}
+            return {"ok": False, "saw": err.summary, "evidence": "data", "error": str(err)}
         except AuditFailure as err:
-            return {"ok": False, "saw": str(err)}
+            return {"ok": False, "saw": str(err), "evidence": "libvirt", "error": str(err)}
         except LabError as err:  # a node that vanished under the audit
             return {"ok": True, "saw": f"incomplete: {err}"}
         return {"ok": True, "saw": seen or "no writer guests"}
@@ -318,7 +353,8 @@ class Runner:
     def observe_settled(self, record: dict[str, Any]) -> None:
         """Observe every node; while locks and domains disagree, again for up to SETTLE_S
         (a lock may outlive its QEMU by that much)."""
-        deadline = time.monotonic() + audits.SETTLE_S
+        restarted = any(s["do"] in ("start-virtdlmd", "kill-virtdlmd") for s in record["steps"])
+        deadline = time.monotonic() + (ADOPT_S if restarted else audits.SETTLE_S)
         while True:
             record["state"] = {n: self.observe(n) for n in self.scenario.nodes}
             record["expected"] = {
@@ -367,8 +403,9 @@ class Runner:
 
     # -- the actions ----------------------------------------------------------------------
 
-    def act(self, step: Step) -> None:
-        getattr(self, "do_" + step.do.replace("-", "_"))(step)
+    def act(self, step: Step) -> str:
+        """Do the step; what it measured, if anything (the outcome's note)."""
+        return str(getattr(self, "do_" + step.do.replace("-", "_"))(step) or "")
 
     def do_define(self, s: Step) -> None:
         self.tn.hv[s.node].define(self.spec(s.vm))
@@ -423,10 +460,22 @@ class Runner:
         assert s.disk is not None
         self.tn.hv[s.node].detach_disk(s.vm, self.path(s.disk))
 
-    def do_kill_qemu(self, s: Step) -> None:
-        self.tn.nodes[s.node].check(
-            f"kill -9 $(cat /run/libvirt/qemu/{s.vm}.pid)", timeout_s=s.timeout or SHELL_TIMEOUT_S
-        )
+    def do_kill_qemu(self, s: Step) -> str:
+        """kill -9; where virtdlmd holds the VM's locks, the node times their release (a
+        step that takes more than RELEASE_DEADLINE_S fails)."""
+        node = self.tn.nodes[s.node]
+        timeout = s.timeout or KILL_QEMU_TIMEOUT_S
+        if self.scenario.lab.lock_manager != "dlm" or s.node in self.virtdlmd_down:
+            node.check(f"kill -9 $(cat /run/libvirt/qemu/{s.vm}.pid)", timeout_s=timeout)
+            return ""
+        out = node.check(on_node.command("kill-qemu", s.vm), timeout_s=timeout).stdout
+        released = float(out.strip().splitlines()[-1])
+        if released > RELEASE_DEADLINE_S:
+            raise LabError(
+                f"[{s.node}] the locks of {s.vm} were released {released:.2f} s after kill -9 "
+                f"of its QEMU: more than {RELEASE_DEADLINE_S:.0f} s"
+            )
+        return f"locks released {released:.3f} s after the kill"
 
     def do_kill_virtdlmd(self, s: Step) -> None:
         self.tn.nodes[s.node].check(f"{VIRTDLMD_KILL} && sleep 1 && {VIRTDLMD_UP}")
