@@ -42,6 +42,7 @@ class Row:
     test: str = ""  # pytest node id
     verdict: str = ""  # pytest outcome: passed | failed | xfailed | xpassed | skipped
     data: str = ""  # what the writer guests left on the exclusive disks (lab.suite.data)
+    replay: str = ""  # the command that replays this row's test (lab.scenario)
 
 
 def write_json(path: str, rows: Iterable[Row], meta: dict[str, Any]) -> None:
@@ -91,8 +92,15 @@ def _row_html(r: Row) -> str:
     return (
         f"<tr class='{css}'>{tds}<td class='v'>{html.escape(word)}</td>"
         f"<td class='note'>{html.escape(r.data)}</td>"
-        f"<td class='note'>{html.escape(r.note)}</td></tr>"
+        f"<td class='note'>{html.escape(r.note)}{_replay_html(r)}</td></tr>"
     )
+
+
+def _replay_html(r: Row) -> str:
+    """A failing row names the one command that replays it."""
+    if not r.replay or VERDICTS.get(r.verdict, VERDICTS[""])[0] != "fail":
+        return ""
+    return f"<br>replay: <code>{html.escape(r.replay)}</code>"
 
 
 def render_html(rows: list[Row], meta: dict[str, Any]) -> str:

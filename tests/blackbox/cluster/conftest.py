@@ -14,6 +14,7 @@ from __future__ import annotations
 import datetime
 import json
 import os
+import re
 import time
 from collections.abc import Callable, Iterator
 from typing import Any
@@ -23,6 +24,8 @@ import pytest
 from lab.cluster import NODES, Lab
 from lab.nodes import WRITER_BOOT_IMAGE
 from lab.nodes.node import Node
+from lab.scenario.run import Outcome, Result, Runner
+from lab.scenario.schema import Scenario, dump
 from lab.settings import LAB_DIR, lab_prefix
 from lab.suite import report
 from lab.suite.audit import AuditFailure
@@ -46,12 +49,15 @@ MODULE_ORDER = (
     "test_tables",
     "test_lifecycle",
     "test_control_nop",
+    "test_campaign",
     "test_node_failure",
     "test_lock_failure",
     "test_partition",
 )
 
 Record = Callable[..., report.Row]
+Play = Callable[..., tuple[Result, Runner]]
+REPLAYS: dict[str, str] = {}  # test id -> the command that replays it
 
 
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
@@ -124,6 +130,8 @@ def clean_cluster(tn: TwoNode, lab: Lab, node_journals: JournalWatch) -> Iterato
     tn.on_step = None
     tn.remove_everything()
     up = [n for n in NODES if n not in tn.down]
+    for name in up:  # a scenario may have stopped virtdlmd and failed before starting it
+        tn.nodes[name].check("systemctl start virtdlmd.socket virtdlmd.service", QUERY_TIMEOUT_S)
     tn.wait_no_locks(up, RELEASE_DEADLINE_S)
     if tn.writer_boot and up:
         tn.wipe_disks(thesis_disks(str(lab.settings["mount_point"])))
@@ -161,12 +169,69 @@ def record(
             note=(note + holder).strip(),
             data=result.data,
             test=request.node.nodeid,
+            replay=REPLAYS.get(request.node.nodeid, ""),
         )
         ROWS.append(row)
         record_property(f"row {len(ROWS)}", json.dumps(row.__dict__))
         return row
 
     return add
+
+
+def scenario_dir(nodeid: str) -> str:
+    """.lab/reports/scenarios/<test id>/: the test's scenario.yaml and history.jsonl."""
+    name = re.sub(r"[^A-Za-z0-9_.-]+", "-", nodeid.split("::", 1)[-1]).strip("-")
+    return os.path.join(REPORT_DIR, "scenarios", name)
+
+
+@pytest.fixture
+def play(
+    request: pytest.FixtureRequest,
+    tn: TwoNode,
+    lab: Lab,
+    record_property: Callable[[str, object], None],
+) -> Play:
+    """play(scenario, on_item=None, on_runner=None) -> (result, runner): run a scenario
+    through the one runner (lab.scenario.run) on the lab as the test's fixtures left it,
+    writing its file and history under scenario_dir; the test's replay command goes into the
+    reports. The journals are read once per test (node_journals), not per step."""
+
+    def run(
+        scenario: Scenario,
+        on_item: Callable[[list[Outcome], dict[str, Any]], None] | None = None,
+        on_runner: Callable[[Runner], None] | None = None,
+    ) -> tuple[Result, Runner]:
+        where = scenario_dir(request.node.nodeid)
+        os.makedirs(where, exist_ok=True)
+        path = os.path.join(where, "scenario.yaml")
+        with open(path, "w", encoding="utf-8") as f:
+            f.write(dump(scenario, f"{request.node.nodeid}\nfrom {scenario.source}"))
+        command = f"make replay SCENARIO={os.path.relpath(path)}"
+        REPLAYS[request.node.nodeid] = command
+        record_property("replay", command)
+        with open(os.path.join(where, "history.jsonl"), "w", encoding="utf-8") as hist:
+            runner = Runner(tn, lab, scenario, hist, read_journals=False, on_item=on_item)
+            if on_runner is not None:
+                on_runner(runner)
+            return runner.run(), runner
+
+    return run
+
+
+def step_result(outcome: Outcome, item: dict[str, Any]) -> StepResult:
+    """A scenario step's outcome as the report's StepResult, with the data audit's view."""
+    s = outcome.step
+    return StepResult(
+        s.node,
+        f"{s.do} to {s.to}" if s.to else s.do,
+        s.vm,
+        outcome.outcome,
+        outcome.code,
+        outcome.seconds,
+        outcome.message,
+        outcome.refusal,
+        item.get("invariant", {}).get("saw", ""),
+    )
 
 
 @pytest.hookimpl(hookwrapper=True)
@@ -181,6 +246,9 @@ def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo[None]) ->
         for row in ROWS:
             if row.test == item.nodeid and (rep.when == "call" or verdict == "failed"):
                 row.verdict = verdict
+                row.replay = REPLAYS.get(item.nodeid, row.replay)
+        if rep.failed and item.nodeid in REPLAYS:
+            rep.sections.append(("replay this test's scenario", REPLAYS[item.nodeid]))
 
 
 def pytest_sessionstart(session: pytest.Session) -> None:

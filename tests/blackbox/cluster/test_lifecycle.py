@@ -1,53 +1,38 @@
 """The VM lifecycle across nodes: the lock follows the VM, and faults do not open a gap.
 
+Each case is a scenario file under scenarios/lifecycle/ (replayable alone with `make replay`),
+run by the one scenario runner with every audit after every step; every step is reported.
 Images on the NFS share (no cross-node locking of its own: NFSv3, nolock), so whatever
-refuses a second writer on the other node is the lock manager. Every step is reported.
+refuses a second writer on the other node is the lock manager. What a file cannot say (the
+writer guest's record across a migration or a reset, where a refused VM is left) is checked
+here, after the run.
 """
 
 from __future__ import annotations
 
+import glob
+import os
 import shlex
-from collections.abc import Iterator
+from collections.abc import Callable
+from typing import Any
 
 import libvirt
 import pytest
 
-from lab.suite.matrix import nfs_storage, thesis_vms
-from lab.suite.steps import NODE_A, NODE_B, OK, RELEASE_DEADLINE_S, StepResult, TwoNode
-from lab.virt.domain import Disk, DomainSpec
-from lab.virt.refusal import LOCK_DAEMON_DOWN, LOCK_MANAGER, log_signs
+from lab.scenario.run import Outcome, Runner, allowed_log
+from lab.scenario.schema import Scenario, load
+from lab.suite.steps import NODE_A, NODE_B, TwoNode
+from lab.virt.domain import DomainSpec
 from lab.wait import wait_for
 
-from .conftest import CASE_TIMEOUT_S, Record
+from .cases import SCENARIOS
+from .conftest import CASE_TIMEOUT_S, Play, Record, step_result
 
 pytestmark = pytest.mark.timeout(CASE_TIMEOUT_S)  # a case: a handful of deadlined steps
 
 TABLE = "lifecycle across nodes (NFS)"
-# The nodes' journals (lab.suite.journal): a test that expects refusals allows their lines.
-ALLOW_REFUSALS = pytest.mark.allow_log(*log_signs(LOCK_MANAGER))
 WRITER_START_S = 60.0  # a writer guest boots and writes its disk (nested TCG)
-
-
-@pytest.fixture
-def vms(tn: TwoNode, mount_point: str) -> dict[str, DomainSpec]:
-    return thesis_vms(nfs_storage(mount_point), writer_boot=tn.writer_boot)
-
-
-@pytest.fixture
-def check(record: Record, request: pytest.FixtureRequest):  # type: ignore[no-untyped-def]
-    """check(result, expected=OK, holder="", note=""): report the step, then assert it."""
-    case = request.node.name.removeprefix("test_").replace("_", " ")
-
-    def _check(result: StepResult, expected: str = OK, holder: str = "", note: str = "") -> None:
-        __tracebackhide__ = True
-        record(TABLE, case, result, expected, note=note)
-        assert result.outcome == expected, result.describe()
-        if expected == LOCK_MANAGER:
-            assert result.code == libvirt.VIR_ERR_RESOURCE_BUSY, result.describe()
-        if holder:
-            assert result.holder == holder, result.describe()
-
-    return _check
+FILES = sorted(glob.glob(os.path.join(SCENARIOS, "lifecycle", "*.yaml")))
 
 
 def writer_on(tn: TwoNode, spec: DomainSpec) -> tuple[str, int, int] | None:
@@ -66,179 +51,97 @@ def writer_on(tn: TwoNode, spec: DomainSpec) -> tuple[str, int, int] | None:
     return record.writer, record.nonce, record.counter
 
 
-def vm1_holds(tn: TwoNode, node: str, vms: dict[str, DomainSpec]) -> bool:
-    disk, share = (d.path for d in vms["vm-1"].disks)
-    return {(p, m) for d, p, m in tn.held(node) if d == "vm-1"} == {(disk, "EX"), (share, "PR")}
+def held(tn: TwoNode, node: str) -> set[tuple[str, str, str]]:
+    return tn.held(node)
 
 
-@ALLOW_REFUSALS
-def test_migrate_back_and_forth_then_a_conflicting_start_is_refused_on_each_side(
-    tn: TwoNode, vms: dict[str, DomainSpec], check
-) -> None:
-    check(tn.start(NODE_A, vms["vm-1"]))
-    before = writer_on(tn, vms["vm-1"])
-    check(tn.migrate("vm-1", NODE_A, NODE_B))
-    check(tn.start(NODE_A, vms["vm-2"]), LOCK_MANAGER, "vm-1@node-b")
-    after = writer_on(tn, vms["vm-1"])
+# What each file's run must also show, read while it runs (after step N) and at its end.
+Probe = Callable[[TwoNode, Runner, dict[int, Any]], None]
+
+
+def writer_goes_on_across_migration(tn: TwoNode, runner: Runner, seen: dict[int, Any]) -> None:
+    before, after = seen.get(1), seen.get(3)
     if before is not None:  # a migrated writer keeps its id and boot, and goes on counting
         assert after is not None and after[:2] == before[:2] and after[2] >= before[2], (
             f"vm-1's record on its disk before/after the migration: {before} / {after}"
         )
-    check(tn.migrate("vm-1", NODE_B, NODE_A))
-    assert vm1_holds(tn, NODE_A, vms) and tn.held(NODE_B) == set()
-    check(tn.start(NODE_B, vms["vm-2"]), LOCK_MANAGER, "vm-1@node-a")
-    check(tn.migrate("vm-1", NODE_A, NODE_B))
-    check(tn.start(NODE_A, vms["vm-2"]), LOCK_MANAGER, "vm-1@node-b")
-    assert vm1_holds(tn, NODE_B, vms) and tn.held(NODE_A) == set()
+    assert held(tn, NODE_A) == set()
 
 
-@ALLOW_REFUSALS
-def test_suspend_releases_and_resume_is_refused_once_another_node_took_the_disk(
-    tn: TwoNode, vms: dict[str, DomainSpec], check
-) -> None:
-    check(tn.start(NODE_A, vms["vm-1"]))
-    check(tn.suspend(NODE_A, "vm-1"), note="a paused VM holds no lock (libvirt releases)")
-    assert tn.held(NODE_A) == set()
-    check(tn.start(NODE_B, vms["vm-2"]))
-    check(tn.resume(NODE_A, "vm-1"), LOCK_MANAGER, "vm-2@node-b")
+def paused_and_holding_nothing(tn: TwoNode, runner: Runner, seen: dict[int, Any]) -> None:
     assert tn.hv[NODE_A].state("vm-1") == libvirt.VIR_DOMAIN_PAUSED
-    assert tn.held(NODE_A) == set(), "a refused resume must not keep part of its locks"
+    assert held(tn, NODE_A) == set(), "a refused resume must not keep part of its locks"
 
 
-@ALLOW_REFUSALS
-def test_save_on_node_a_and_restore_on_node_b(
-    tn: TwoNode, vms: dict[str, DomainSpec], mount_point: str, check
-) -> None:
-    path = f"{mount_point}/vm-1.save"
-    check(tn.start(NODE_A, vms["vm-1"]))
-    try:
-        check(tn.save(NODE_A, "vm-1", path))
-        assert tn.held(NODE_A) == set()
-        check(tn.restore(NODE_B, "vm-1", path))
-        assert vm1_holds(tn, NODE_B, vms)
-        check(tn.start(NODE_A, vms["vm-2"]), LOCK_MANAGER, "vm-1@node-b")
-    finally:
-        tn.nodes[NODE_A].run(f"rm -f {shlex.quote(path)}")
-
-
-@ALLOW_REFUSALS
-def test_reset_keeps_the_locks_and_the_writer_goes_on_with_a_new_boot(
-    tn: TwoNode, vms: dict[str, DomainSpec], check
-) -> None:
-    check(tn.start(NODE_A, vms["vm-1"]))
-    before = writer_on(tn, vms["vm-1"])
-    check(tn.reset(NODE_A, "vm-1"), note="the same QEMU: no lock call, the locks stay")
-    assert vm1_holds(tn, NODE_A, vms)
-    check(tn.start(NODE_B, vms["vm-2"]), LOCK_MANAGER, "vm-1@node-a")
-    if before is not None:  # the guest rebooted: same writer id, a new boot nonce
-        wait_for(
-            lambda: (after := writer_on(tn, vms["vm-1"])) is not None and after[1] != before[1],
-            WRITER_START_S,
-            0.5,
-            "vm-1's writer to boot again after the reset",
-        )
-        after = writer_on(tn, vms["vm-1"])
-        assert after is not None and after[0] == before[0], (before, after)
-
-
-def test_destroy_on_node_a_then_start_on_node_b_at_once(
-    tn: TwoNode, vms: dict[str, DomainSpec], check
-) -> None:
-    check(tn.start(NODE_A, vms["vm-1"]))
-    check(tn.destroy(NODE_A, "vm-1"), note="libvirt makes no lock call: virtdlmd sees QEMU die")
-    check(tn.start(NODE_B, vms["vm-1"]), note="first try, no retry")
-    assert vm1_holds(tn, NODE_B, vms)
-
-
-# libvirtd on node-a may find QEMU's monitor closed under a call.
-@pytest.mark.allow_log("End of file from qemu monitor")
-def test_kill_9_of_qemu_on_node_a_frees_the_disk_for_node_b_within_2s(
-    tn: TwoNode, vms: dict[str, DomainSpec], check, record: Record
-) -> None:
-    check(tn.start(NODE_A, vms["vm-1"]))
-    released_s = tn.kill_qemu(NODE_A, "vm-1")
-    killed = tn.steps[-1]
-    record(
-        TABLE,
-        "kill -9 of qemu: locks released",
-        StepResult(NODE_A, killed.action, "vm-1", OK, None, released_s),
-        f"ok within {RELEASE_DEADLINE_S:.0f} s",
-        note="seconds: from kill -9 until virtdlmd on node-a holds none of vm-1's locks",
+def writer_boots_again(tn: TwoNode, runner: Runner, seen: dict[int, Any]) -> None:
+    before, spec = seen.get(1), runner.spec("vm-1")
+    if before is None:
+        return
+    # the guest rebooted: same writer id, a new boot nonce
+    wait_for(
+        lambda: (now := writer_on(tn, spec)) is not None and now[1] != before[1],
+        WRITER_START_S,
+        0.5,
+        "vm-1's writer to boot again after the reset",
     )
-    assert released_s <= RELEASE_DEADLINE_S, f"released after {released_s:.2f} s"
-    check(tn.start(NODE_B, vms["vm-1"]), note="first try, no retry")
-    assert vm1_holds(tn, NODE_B, vms)
+    after = writer_on(tn, spec)
+    assert after is not None and after[0] == before[0], (before, after)
 
 
-@ALLOW_REFUSALS
-def test_libvirtd_restart_on_node_a_keeps_the_protection(
-    tn: TwoNode, vms: dict[str, DomainSpec], check
-) -> None:
-    check(tn.start(NODE_A, vms["vm-1"]))
-    tn.shell(NODE_A, "restart libvirtd", "systemctl restart libvirtd", timeout_s=120)
-    assert tn.hv[NODE_A].is_running("vm-1") and vm1_holds(tn, NODE_A, vms)
-    check(tn.start(NODE_B, vms["vm-2"]), LOCK_MANAGER, "vm-1@node-a")
-    check(tn.destroy(NODE_A, "vm-1"), note="through the restarted libvirtd")
-    tn.wait_no_locks([NODE_A])
-    check(tn.start(NODE_B, vms["vm-2"]))
-
-
-@pytest.fixture
-def virtdlmd_comes_back(tn: TwoNode) -> Iterator[None]:
-    yield
-    tn.nodes[NODE_A].run("systemctl start virtdlmd.socket virtdlmd.service", timeout_s=60)
-
-
-@pytest.mark.allow_log(*log_signs(LOCK_MANAGER, LOCK_DAEMON_DOWN))
-def test_virtdlmd_kill_9_on_node_a_keeps_the_protection_during_and_after_its_restart(
-    tn: TwoNode, vms: dict[str, DomainSpec], check, virtdlmd_comes_back: None
-) -> None:
-    check(tn.start(NODE_A, vms["vm-1"]))
-    # kill -9, then keep it down (stop cancels systemd's restart) to look at "during".
-    tn.shell(
-        NODE_A,
-        "kill -9 virtdlmd and keep it down",
-        'pid=$(systemctl show -p MainPID --value virtdlmd.service) && [ "$pid" -gt 0 ] && '
-        'kill -9 "$pid" && systemctl stop virtdlmd.socket virtdlmd.service',
-    )
-    assert tn.hv[NODE_A].is_running("vm-1")
-    check(
-        tn.start(NODE_B, vms["vm-2"]),
-        LOCK_MANAGER,
-        "vm-1@node-a",
-        note="during: node-a's locks outlive its daemon (orphans in the kernel DLM)",
-    )
-    check(
-        tn.start(NODE_A, vms["vm-4"]),
-        LOCK_DAEMON_DOWN,
-        note="during: node-a cannot lock, so it starts nothing (fails closed)",
-    )
-    tn.shell(
-        NODE_A,
-        "start virtdlmd",
-        "systemctl start virtdlmd.socket virtdlmd.service && virtdlm status >/dev/null",
-    )
-    wait_for(lambda: vm1_holds(tn, NODE_A, vms), 10, 0.2, "virtdlmd to adopt vm-1's locks")
-    check(tn.start(NODE_B, vms["vm-2"]), LOCK_MANAGER, "vm-1@node-a", note="after the restart")
-    check(tn.destroy(NODE_A, "vm-1"), note="the adopted owner is watched again")
-    tn.wait_no_locks([NODE_A])
-    check(tn.start(NODE_B, vms["vm-2"]))
-
-
-@ALLOW_REFUSALS
-def test_migration_to_a_node_where_the_disk_is_held_fails_and_the_source_keeps_its_lock(
-    tn: TwoNode, vms: dict[str, DomainSpec], mount_point: str, check
-) -> None:
-    share = nfs_storage(mount_point)
-    vm1 = DomainSpec("vm-1", (Disk(share.two),), uuid=vms["vm-1"].uuid, writer_boot=tn.writer_boot)
-    # The destination is told (migration XML) that vm-1's disk is one.qcow2, which vm-2
-    # on node-b holds: a mis-mapped disk path, caught at the destination's acquire.
-    on_b = DomainSpec("vm-1", (Disk(share.one),), uuid=vm1.uuid, writer_boot=tn.writer_boot)
-    check(tn.start(NODE_A, vm1))
-    check(tn.start(NODE_B, vms["vm-2"]))
-    result = tn.migrate("vm-1", NODE_A, NODE_B, dest_spec=on_b)
-    check(result, LOCK_MANAGER, "vm-2@node-b")
+def source_keeps_running(tn: TwoNode, runner: Runner, seen: dict[int, Any]) -> None:
+    two = runner.spec("vm-1").disks[0].path
     assert tn.hv[NODE_A].is_running("vm-1"), "the source VM must keep running"
-    assert {(d, p, m) for d, p, m in tn.held(NODE_A)} == {("vm-1", share.two, "EX")}
-    assert {d for d, _, _ in tn.held(NODE_B)} == {"vm-2"}
+    assert held(tn, NODE_A) == {("vm-1", two, "EX")}
+    assert {d for d, _, _ in held(tn, NODE_B)} == {"vm-2"}
     assert "vm-1" not in tn.hv[NODE_B].names() or not tn.hv[NODE_B].is_running("vm-1")
+
+
+CHECKS: dict[str, tuple[tuple[int, ...], Probe]] = {  # file -> (steps after which vm-1's
+    # writer record is read, the check at the end)
+    "migrate-back-and-forth": ((1, 3), writer_goes_on_across_migration),
+    "suspend-then-resume-refused": ((), paused_and_holding_nothing),
+    "reset-keeps-the-locks": ((1,), writer_boots_again),
+    "migration-to-a-held-disk-fails": ((), source_keeps_running),
+}
+
+
+def params() -> list[object]:
+    out = []
+    for path in FILES:
+        scenario = load(path)
+        name = os.path.splitext(os.path.basename(path))[0]
+        out.append(
+            pytest.param(scenario, id=name, marks=pytest.mark.allow_log(*allowed_log(scenario)))
+        )
+    return out
+
+
+@pytest.mark.parametrize("scenario", params())
+def test_lifecycle(
+    request: pytest.FixtureRequest,
+    tn: TwoNode,
+    play: Play,
+    record: Record,
+    mount_point: str,
+    scenario: Scenario,
+) -> None:
+    name = request.node.callspec.id
+    read_after, check = CHECKS.get(name, ((), None))
+    seen: dict[int, Any] = {}
+    runner_box: list[Runner] = []
+
+    def on_item(outcomes: list[Outcome], item: dict[str, Any]) -> None:
+        for o in outcomes:
+            record(TABLE, name.replace("-", " "), step_result(o, item), o.step.expect, note=o.note)
+        if item["index"] in read_after and runner_box:
+            seen[item["index"]] = writer_on(tn, runner_box[0].spec("vm-1"))
+
+    # The runner is needed inside the hook (the VMs' specs): play hands it over first.
+    try:
+        result, runner = play(scenario, on_item, runner_box.append)
+        assert result.ok, result.failure
+        if check is not None:
+            check(tn, runner, seen)
+    finally:
+        if any(s.do == "save" for s in scenario.flat()):
+            tn.nodes[NODE_A].run(f"rm -f {shlex.quote(mount_point)}/vm-1.save")
