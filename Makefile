@@ -103,13 +103,14 @@ SEED ?= 1
 STEPS ?= 40
 LOCK_MANAGER ?= dlm
 CAMPAIGN_FLAGS ?=
+WAITS ?= 0
 replay: venv plugin lab
 	@test -n "$(SCENARIO)" || { echo "usage: make replay SCENARIO=FILE"; exit 2; }
 	$(PY) -m lab.scenario replay $(SCENARIO)
 
 record: venv
 	@test -n "$(OUT)" || { echo "usage: make record OUT=FILE"; exit 2; }
-	$(PY) -m lab.scenario record --out $(OUT)
+	$(PY) -m lab.scenario record --out $(OUT) --waits $(WAITS)
 
 campaign: venv plugin lab
 	$(PY) -m lab.scenario campaign --seed $(SEED) --steps $(STEPS) \
