@@ -14,6 +14,7 @@ audit are printed last); 2 an invalid file, or a lab that cannot be made ready.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import os
 import re
 import sys
@@ -176,6 +177,8 @@ def cmd_campaign(args: argparse.Namespace) -> int:
         say(f"the lab cannot be made ready: {err}")
         return EXIT_INVALID
     finally:
+        with contextlib.suppress(LabError):
+            campaign.finish()
         session.close()
     say(f"found: {path}")
     return EXIT_FAILED
@@ -191,7 +194,11 @@ def cmd_record(args: argparse.Namespace) -> int:
         say("the lab is not up: run make lab first")
         return EXIT_INVALID
     uris = {n: libvirt_uri(lab.nodes.node(n).ssh.host) for n in NODES}
-    record(args.out, uris, str(lab.settings["mount_point"]))
+    try:
+        record(args.out, uris, str(lab.settings["mount_point"]), wait_after_s=args.waits)
+    except LabError as err:
+        say(f"cannot record: {err}")
+        return EXIT_INVALID
     return EXIT_OK
 
 
@@ -239,6 +246,13 @@ def main(argv: list[str] | None = None) -> int:
     p.set_defaults(fn=cmd_campaign)
     p = sub.add_parser("record", help="record what people do with virsh as a scenario")
     p.add_argument("--out", required=True)
+    p.add_argument(
+        "--waits",
+        type=float,
+        default=0.0,
+        metavar="SECONDS",
+        help="write a pause longer than this between two steps as a wait step (default 0: none)",
+    )
     p.set_defaults(fn=cmd_record)
     p = sub.add_parser("validate", help="check scenario files, no lab needed")
     p.add_argument("files", nargs="+")

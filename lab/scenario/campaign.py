@@ -86,7 +86,7 @@ class Campaign:
             )
 
         result, history = self.session.replay(  # type: ignore[attr-defined]
-            scenario, self.out_dir, on_item=progress
+            scenario, self.out_dir, restore=False, on_item=progress
         )
         minutes = (time.monotonic() - started) / 60
         self.say(
@@ -104,7 +104,9 @@ class Campaign:
         self.tries += 1
         where = os.path.join(self.out_dir, f"shrink-{self.tries:03d}")
         os.makedirs(where, exist_ok=True)
-        result, _history = self.session.replay(candidate, where, quiet=True)  # type: ignore[attr-defined]
+        result, _history = self.session.replay(  # type: ignore[attr-defined]
+            candidate, where, quiet=True, restore=False
+        )
         got = failed_audits(result.records[-1]) if result.records and not result.ok else set()
         verdict = bool(got & wanted)
         self.say(
@@ -120,10 +122,17 @@ class Campaign:
         )
         where = os.path.join(self.out_dir, "smallest")
         os.makedirs(where, exist_ok=True)
-        result, history = self.session.replay(smallest, where, quiet=True)  # type: ignore[attr-defined]
+        result, history = self.session.replay(  # type: ignore[attr-defined]
+            smallest, where, quiet=True, restore=False
+        )
         if result.ok:  # a flaky finding: keep the unshrunk prefix, which was seen to fail
             return finding.scenario, finding.history
         return smallest, history
+
+    def finish(self) -> None:
+        """Leave the lab as `make lab` set it (the replays above did not, to save a libvirtd
+        restart per candidate)."""
+        self.session.restore()  # type: ignore[attr-defined]
 
     def write_found(self, scenario: Scenario, history: str, failure: str) -> str:
         os.makedirs(self.found_dir, exist_ok=True)

@@ -179,6 +179,8 @@ class Runner:
         self.lost_at: dict[str, float] = {}  # node -> epoch seconds of its power-off or cut
         self.index = 0
         self._last_outcomes: list[Outcome] = []
+        self.watch: JournalWatch | None = None
+        self.rebooted: set[str] = set()  # nodes powered on again since their journal was armed
 
     # -- the VMs --------------------------------------------------------------------------
 
@@ -214,6 +216,24 @@ class Runner:
 
     # -- making the lab ready -------------------------------------------------------------
 
+    def whole(self) -> bool:
+        """The cheap look before the full health checks: virtdlmd started on every node, and
+        every node answering, quorate, with every node a member; anything else (or an
+        unhealthy lab) goes through the lab's own health checks."""
+        try:
+            for name in self.scenario.nodes:
+                self.tn.nodes[name].check(VIRTDLMD_UP, timeout_s=SHELL_TIMEOUT_S)
+            seen = {n: self.tn.observe(n, []) for n in self.scenario.nodes}
+        except LabError:
+            return node_loss.healthy(self.tn.nodes, self.lab.settings)
+        whole = all(
+            s["quorum"]["quorate"] is True
+            and set(s["quorum"]["members"]) == set(self.scenario.nodes)
+            and isinstance(s["locks"], list)
+            for s in seen.values()
+        )
+        return whole or node_loss.healthy(self.tn.nodes, self.lab.settings)
+
     def prepare(self) -> None:
         """Every node on and whole, virtdlmd up, nothing running, no lock, disks wiped, the
         lock manager the scenario asks for."""
@@ -227,14 +247,12 @@ class Runner:
         for name in off:
             self.say(f"reset: {name} is off: powering it on")
             node_loss.power_on(self.lab, tn, name)
-        if not node_loss.healthy(tn.nodes, self.lab.settings):
+        if not self.whole():
             self.say("reset: the lab is not healthy: power-cycling the nodes (make lab's heal)")
             self.lab.power_cycle()
             for name in nodes:
                 tn.rebooted(name)
             node_loss.wait_healthy(tn, self.lab.settings, "the lab to be healthy")
-        for name in nodes:
-            tn.nodes[name].check(VIRTDLMD_UP, timeout_s=SHELL_TIMEOUT_S)
         tn.down.clear()
         tn.remove_everything()
         tn.wait_no_locks(nodes, RELEASE_DEADLINE_S)
@@ -274,7 +292,8 @@ class Runner:
         allow = set(ALLOW_WHILE_DEGRADED) if (self.tn.down or self.cut) else set()
         for s in steps:
             allow.update(ALLOW_BY_ACTION.get(s.do, ()))
-        watch = self._journal_watch()
+        if self.watch is None and self.read_journals:
+            self.journal_lines(set())  # arm before the first step
         wall = datetime.datetime.now().isoformat(timespec="milliseconds")
         mono = time.monotonic()
         if len(steps) == 1:
@@ -296,10 +315,9 @@ class Runner:
         }
         record["invariant"] = self.invariant(" | ".join(s.describe() for s in steps))
         self.observe_settled(record)
-        if watch is not None:
-            with contextlib.suppress(LabError):  # a node that vanished meanwhile
-                watch.allow = tuple(sorted(allow))
-                record["journal"] = watch.bad_lines(skip=self.tn.down | self.cut)
+        lines = self.journal_lines(allow)
+        if lines is not None:
+            record["journal"] = lines
         verdicts = audits.run_all(record)
         record["audits"] = [v.to_json() for v in verdicts]
         for v in audits.failed(verdicts):
@@ -314,13 +332,26 @@ class Runner:
             self.history_file.write(json.dumps(record, sort_keys=False) + "\n")
             self.history_file.flush()
 
-    def _journal_watch(self) -> JournalWatch | None:
+    def journal_lines(self, allow: set[str]) -> list[str] | None:
+        """The bad journal lines since the last step on every node that is up and whole
+        (None: not read). One watch serves the whole run, its cursors advancing; a node
+        that came back from a power-off is armed again (its journal began anew)."""
         if not self.read_journals:
             return None
-        up = {n: self.tn.nodes[n] for n in self.scenario.nodes if n not in self.tn.down | self.cut}
+        whole = [n for n in self.scenario.nodes if n not in self.tn.down | self.cut]
+        if self.watch is None:
+            self.watch = JournalWatch({})
         try:
-            return JournalWatch(up).arm()
-        except LabError:
+            for name in whole:
+                if name not in self.watch.cursors or name in self.rebooted:
+                    self.watch.nodes[name] = self.tn.nodes[name]
+                    fresh = JournalWatch({name: self.tn.nodes[name]}).arm()
+                    self.watch.cursors[name] = fresh.cursors[name]
+                    self.rebooted.discard(name)
+            self.watch.allow = tuple(sorted(allow))
+            skip = set(self.scenario.nodes) - set(whole)
+            return self.watch.bad_lines(skip=skip, advance=True)
+        except LabError:  # a node that vanished meanwhile
             return None
 
     def attempt(self, step: Step) -> Outcome:
@@ -536,6 +567,7 @@ class Runner:
         self.tn.down.add(name)
         node_loss.power_on(self.lab, self.tn, name)
         self.tn.down.discard(name)
+        self.rebooted.add(name)
 
     def do_wait(self, s: Step) -> None:
         time.sleep(s.seconds)

@@ -191,16 +191,20 @@ class JournalWatch:
             self.cursors[name] = parse_cursor(out)
         return self
 
-    def bad_lines(self, skip: Iterable[str] = ()) -> list[str]:
-        """The bad, not allowed lines of every armed node but `skip` (nodes that are down)."""
+    def bad_lines(self, skip: Iterable[str] = (), advance: bool = False) -> list[str]:
+        """The bad, not allowed lines of every armed node but `skip` (nodes that are down).
+        `advance`: the next call reads only what comes after these lines (a scenario reads
+        its journals after every step)."""
         down = set(skip)
         out: list[str] = []
-        for name, cursor in self.cursors.items():
+        for name, cursor in list(self.cursors.items()):
             if name in down:
                 continue
             cmd = entries_command(cursor)
             text = self.nodes[name].check(cmd, timeout_s=JOURNAL_TIMEOUT_S).stdout
             out.extend(bad_lines(parse_entries(name, text), self.allow))
+            if advance:
+                self.cursors[name] = parse_cursor(text) or cursor
         return out
 
 

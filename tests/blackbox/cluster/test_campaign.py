@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import dataclasses
 import os
+from collections.abc import Iterator
 
 import pytest
 
@@ -42,8 +43,12 @@ def allow(seed: int, steps: int, manager: str) -> pytest.MarkDecorator:
 
 
 @pytest.fixture
-def session(lab: Lab, tn: TwoNode) -> Session:
-    return Session(lab=lab, tn=tn)
+def session(lab: Lab, tn: TwoNode) -> Iterator[Session]:
+    """The command line's session on the suite's connections; the lab's own lock manager is
+    put back afterwards (a campaign's replays leave the one they ran)."""
+    own = Session(lab=lab, tn=tn)
+    yield own
+    own.restore()
 
 
 @pytest.mark.timeout(CAMPAIGN_TIMEOUT_S)
