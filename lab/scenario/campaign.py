@@ -60,6 +60,7 @@ class Campaign:
         self.out_dir, self.say, self.heavy = out_dir, say, heavy
         self.budget_s, self.found_dir = budget_s, found_dir
         self.tries = 0
+        self.histories: dict[str, str] = {}  # a failing candidate's file -> its history
 
     def scenario(self) -> Scenario:
         s = generate.generate(self.seed, self.steps, self.lock_manager, heavy=self.heavy)
@@ -104,11 +105,13 @@ class Campaign:
         self.tries += 1
         where = os.path.join(self.out_dir, f"shrink-{self.tries:03d}")
         os.makedirs(where, exist_ok=True)
-        result, _history = self.session.replay(  # type: ignore[attr-defined]
+        result, history = self.session.replay(  # type: ignore[attr-defined]
             candidate, where, quiet=True, restore=False
         )
         got = failed_audits(result.records[-1]) if result.records and not result.ok else set()
         verdict = bool(got & wanted)
+        if verdict:
+            self.histories[dump(candidate)] = history
         self.say(
             f"[shrink] try {self.tries}: {len(candidate.steps)} items, "
             f"{len(candidate.vms)} VMs -> {'fails' if verdict else 'passes'}"
@@ -116,18 +119,12 @@ class Campaign:
         return verdict
 
     def shrink(self, finding: Finding) -> tuple[Scenario, str]:
-        """The smallest scenario that still fails the finding's audits, and its history."""
+        """The smallest scenario that still fails the finding's audits, and the history of
+        the replay that saw it fail."""
         smallest = shrink.shrink(
             finding.scenario, lambda c: self.fails(c, finding.audits), self.budget_s
         )
-        where = os.path.join(self.out_dir, "smallest")
-        os.makedirs(where, exist_ok=True)
-        result, history = self.session.replay(  # type: ignore[attr-defined]
-            smallest, where, quiet=True, restore=False
-        )
-        if result.ok:  # a flaky finding: keep the unshrunk prefix, which was seen to fail
-            return finding.scenario, finding.history
-        return smallest, history
+        return smallest, self.histories.get(dump(smallest), finding.history)
 
     def finish(self) -> None:
         """Leave the lab as `make lab` set it (the replays above did not, to save a libvirtd
