@@ -123,16 +123,9 @@ def cmd_replay(args: argparse.Namespace) -> int:
     scenario = load(args.file)
     out = args.out or artifact_dir(REPLAY_DIR, os.path.splitext(os.path.basename(args.file))[0])
     say(f"replay {args.file}: {len(list(scenario.flat()))} steps; history in {out}")
-    try:
-        session = Session(writers=not args.no_writers)
-    except LabError as err:
-        say(f"the lab cannot be made ready: {err}")
-        return EXIT_INVALID
+    session = Session(writers=not args.no_writers)
     try:
         result, path = session.replay(scenario, out)
-    except LabError as err:
-        say(f"the lab cannot be made ready: {err}")
-        return EXIT_INVALID
     finally:
         session.close()
     say(f"history: {path}")
@@ -148,23 +141,19 @@ def cmd_campaign(args: argparse.Namespace) -> int:
 
     say(f"seed: {args.seed} (steps {args.steps}, lock manager {args.lock_manager})")
     out = artifact_dir(CAMPAIGN_DIR, f"{args.lock_manager}-seed-{args.seed}")
+    session = Session(writers=not args.no_writers)
+    campaign = Campaign(
+        session,
+        args.seed,
+        args.steps,
+        args.lock_manager,
+        out,
+        say,
+        heavy=args.heavy,
+        budget_s=args.budget,
+        found_dir=args.found_dir,
+    )
     try:
-        session = Session(writers=not args.no_writers)
-    except LabError as err:
-        say(f"the lab cannot be made ready: {err}")
-        return EXIT_INVALID
-    try:
-        campaign = Campaign(
-            session,
-            args.seed,
-            args.steps,
-            args.lock_manager,
-            out,
-            say,
-            heavy=args.heavy,
-            budget_s=args.budget,
-            found_dir=args.found_dir,
-        )
         finding = campaign.run()
         if finding is None:
             say(f"all audits held: {args.steps} steps, seed {args.seed}; run in {out}")
@@ -173,9 +162,6 @@ def cmd_campaign(args: argparse.Namespace) -> int:
         say(f"shrinking {len(finding.scenario.steps)} items (budget {args.budget:.0f} s)")
         smallest, history_path = campaign.shrink(finding)
         path = campaign.write_found(smallest, history_path, finding.failure)
-    except LabError as err:
-        say(f"the lab cannot be made ready: {err}")
-        return EXIT_INVALID
     finally:
         with contextlib.suppress(LabError):
             campaign.finish()
@@ -268,6 +254,9 @@ def main(argv: list[str] | None = None) -> int:
         return int(args.fn(args))
     except ScenarioError as err:
         say(f"invalid scenario: {err}")
+        return EXIT_INVALID
+    except LabError as err:  # outside any step: the lab itself failed us
+        say(f"the lab cannot be made ready or failed under the run: {err}")
         return EXIT_INVALID
     except KeyboardInterrupt:
         say("interrupted")

@@ -158,39 +158,19 @@ def test_quorum_is_audited_only_while_every_node_is_up_and_whole() -> None:
     assert not audits.quorate(rec).applies
 
 
+def refusal(**seen: Any) -> dict[str, Any]:
+    """vm-2 started on node-b, expected to be refused naming vm-1 on node-a; `seen`: what
+    came of it."""
+    expected = {"expect": "lock-manager", "code": 87, "holder": "vm-1@node-a"}
+    return step("start", "vm-2", "node-b", **expected, **seen)
+
+
 def test_expectations_code_and_holder() -> None:
-    wrong = record(
-        steps=[
-            step(
-                "start",
-                "vm-2",
-                "node-b",
-                expect="lock-manager",
-                code=87,
-                holder="vm-1@node-a",
-                outcome="ok",
-            )
-        ]
-    )
-    assert failing(wrong) == {"expectation"}
-    right = record(
-        steps=[
-            step(
-                "start",
-                "vm-2",
-                "node-b",
-                expect="lock-manager",
-                code=87,
-                holder="vm-1@node-a",
-                outcome="lock-manager",
-                libvirt_code=87,
-                holder_seen="vm-1@node-a",
-            )
-        ]
-    )
+    assert failing(record(steps=[refusal(outcome="ok")])) == {"expectation"}
+    seen = {"outcome": "lock-manager", "libvirt_code": 87, "holder_seen": "vm-1@node-a"}
+    right = record(steps=[refusal(**seen)])
     assert failing(right) == set()
-    other_holder = copy.deepcopy(right)
-    other_holder["steps"][0]["holder_seen"] = "vm-3@node-a"
+    other_holder = record(steps=[refusal(**{**seen, "holder_seen": "vm-3@node-a"})])
     assert "holder 'vm-3@node-a'" in audits.expectation(other_holder).saw
     anything = record(steps=[step("start", "vm-2", expect="any", outcome="other")])
     assert not audits.expectation(anything).applies
