@@ -138,6 +138,11 @@ totem {
     transport: knet
     crypto_cipher: aes256
     crypto_hash: sha256
+    # Nested TCG nodes on a small host stall for seconds at times (CI saw node-b answer
+    # nothing for about 8 s right after a refused incoming migration, and node-a fenced
+    # it): corosync's 3 s default token suits real hardware, not this lab. Clusters of
+    # virtual machines are commonly run with a longer token for the same reason.
+    token: 10000
 }
 nodelist {
     node {

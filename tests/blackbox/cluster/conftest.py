@@ -22,6 +22,7 @@ from typing import Any
 import pytest
 
 from lab.cluster import NODES, Lab
+from lab.host.objects import HostObjects
 from lab.nodes import WRITER_BOOT_IMAGE
 from lab.nodes.node import Node
 from lab.scenario.run import Outcome, Result, Runner
@@ -31,6 +32,7 @@ from lab.suite import report
 from lab.suite.audit import AuditFailure
 from lab.suite.journal import JournalWatch, failure_message
 from lab.suite.matrix import thesis_disks
+from lab.suite.node_loss import node_running, power_on
 from lab.suite.steps import (
     QUERY_TIMEOUT_S,
     RELEASE_DEADLINE_S,
@@ -120,6 +122,16 @@ def node_journals(request: pytest.FixtureRequest, tn: TwoNode) -> Iterator[Journ
         raise AuditFailure(failure_message(bad))
 
 
+def bring_back_lost_nodes(lab: Lab, tn: TwoNode) -> None:
+    """A node that is off though no test put it down (fenced after a stall, say) is powered
+    on once its fence is done, and the lab must be healthy again: one test's lost node must
+    not fail every test after it."""
+    with HostObjects() as host:
+        lost = [n for n in NODES if n not in tn.down and not node_running(host, n)]
+    for name in lost:
+        power_on(lab, tn, name)
+
+
 @pytest.fixture(autouse=True)
 def clean_cluster(tn: TwoNode, lab: Lab, node_journals: JournalWatch) -> Iterator[None]:
     """Before: nothing runs. After: every domain gone, no lock left on either node, both
@@ -128,6 +140,7 @@ def clean_cluster(tn: TwoNode, lab: Lab, node_journals: JournalWatch) -> Iterato
     tn.steps.clear()
     yield
     tn.on_step = None
+    bring_back_lost_nodes(lab, tn)
     tn.remove_everything()
     up = [n for n in NODES if n not in tn.down]
     for name in up:  # a scenario may have stopped virtdlmd and failed before starting it
