@@ -11,7 +11,7 @@ import json
 
 import pytest
 
-from lab.command import Result
+from lab.command import CommandFailed, Result
 from lab.suite.journal import (
     ALWAYS_ALLOWED,
     MAX_SHOWN_LINES,
@@ -264,3 +264,40 @@ def test_the_watch_reads_each_armed_node_after_its_cursor_and_skips_nodes_that_a
     assert "lost disk" in bad[0] and "fence request 1" in bad[1]
     assert "--after-cursor" in a.commands[-1] and " -b " in b.commands[-1]
     assert watch.bad_lines(skip=["node-b"]) == bad[:1]
+
+
+class DirtyJournalNode(FakeNode):
+    """A node whose journalctl aborts seeking a cursor into a file a power cut left dirty."""
+
+    def check(self, command: str, timeout_s: float = 60.0) -> Result:
+        if "--after-cursor" in command:
+            self.commands.append(command)
+            failed = Result(self.name, (command,), 134, "", ABORT, 0.01)
+            raise CommandFailed(failed)
+        return super().check(command, timeout_s)
+
+
+ABORT = (
+    "Assertion 'last_index <= right' failed at src/libsystemd/sd-journal/journal-file.c:2688, "
+    "function generic_array_bisect(). Aborting."
+)
+
+
+def test_a_journal_left_dirty_by_a_fence_is_read_from_the_current_boot() -> None:
+    node = DirtyJournalNode("node-b", text(TOKEN), text(BUSY, FENCE))
+    watch = JournalWatch({"node-b": node}, log_signs(LOCK_MANAGER)).arm()
+    bad = watch.bad_lines()
+    assert len(bad) == 1 and "fence request 1" in bad[0]
+    assert "--after-cursor" in node.commands[-2] and " -b " in node.commands[-1]
+
+
+def test_any_other_journalctl_failure_is_an_error() -> None:
+    class Broken(FakeNode):
+        def check(self, command: str, timeout_s: float = 60.0) -> Result:
+            if "--after-cursor" in command:
+                raise CommandFailed(Result(self.name, (command,), 1, "", "No such file", 0.01))
+            return super().check(command, timeout_s)
+
+    watch = JournalWatch({"node-a": Broken("node-a", text(TOKEN), "")}).arm()
+    with pytest.raises(CommandFailed):
+        watch.bad_lines()
