@@ -45,18 +45,7 @@ def make_daemon(
     started: list[DaemonProc] = []
 
     def make(node: int = 1, **overrides: Any) -> DaemonProc:
-        directory = os.path.join(short_dir, f"n{node}")
-        os.makedirs(directory, exist_ok=True)
-        config: dict[str, Any] = {
-            "backend": "model",
-            "model_socket": model_server.socket,
-            "model_node_id": node,
-            "node_name": f"node-{chr(ord('a') + node - 1)}",
-            "socket_path": os.path.join(directory, "d.sock"),
-            "state_dir": os.path.join(directory, "state"),
-        }
-        config.update(overrides)
-        daemon = DaemonProc(directory, config).start()
+        daemon = DaemonProc.on_model(short_dir, model_server.socket, node, **overrides).start()
         started.append(daemon)
         return daemon
 

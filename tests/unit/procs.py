@@ -1,4 +1,5 @@
-"""Real processes for unit tests: a model server, a daemon, and stand-ins for QEMU.
+"""Real processes for unit tests: a model server, a daemon, stand-ins for QEMU, and a cluster
+of them (ModelCluster: one model server, a daemon per node).
 
 Everything started here is stopped by pid at teardown; nothing outlives a test.
 """
@@ -89,6 +90,11 @@ class ModelServerProc:
     def stop(self) -> None:
         _reap(self.proc)
 
+    def kill9(self) -> None:
+        """The quickest end (stop() waits for the server's poll interval); every session
+        and lock goes with it."""
+        _reap(self.proc, signal.SIGKILL)
+
 
 @dataclass
 class DaemonProc:
@@ -97,6 +103,23 @@ class DaemonProc:
     proc: subprocess.Popen[bytes] | None = None
     log_path: str = ""
     runs: int = 0
+
+    @classmethod
+    def on_model(cls, parent: str, model_socket: str, node: int, **overrides: Any) -> DaemonProc:
+        """virtdlmd (not started) as cluster node N of a model server: node 1 is node-a, 2
+        node-b; its socket, state and logs in <parent>/n<N>. Keywords override its config."""
+        directory = os.path.join(parent, f"n{node}")
+        os.makedirs(directory, exist_ok=True)
+        config: dict[str, Any] = {
+            "backend": "model",
+            "model_socket": model_socket,
+            "model_node_id": node,
+            "node_name": f"node-{chr(ord('a') + node - 1)}",
+            "socket_path": os.path.join(directory, "d.sock"),
+            "state_dir": os.path.join(directory, "state"),
+        }
+        config.update(overrides)
+        return cls(directory, config)
 
     @property
     def socket(self) -> str:
@@ -154,6 +177,15 @@ class DaemonProc:
     def log(self) -> str:
         with open(self.log_path, encoding="utf-8", errors="replace") as f:
             return f.read()
+
+    def logs(self) -> dict[str, str]:
+        """The log of every run so far (a restart starts a new one), by path."""
+        out = {}
+        for run in range(1, self.runs + 1):
+            path = os.path.join(self.directory, f"virtdlmd.{run}.log")
+            with open(path, encoding="utf-8", errors="replace") as f:
+                out[path] = f.read()
+        return out
 
     def send(self, request: Request) -> dict[str, Any]:
         """Send one request on a fresh connection; the reply as it came (ok or not)."""
@@ -230,3 +262,43 @@ class FakeQemu:
 
     def kill(self) -> None:
         _reap(self.proc, signal.SIGKILL)
+
+
+@dataclass
+class ModelCluster:
+    """A model server and one virtdlmd per node on it (node-a, node-b, ...) in one directory,
+    and the fake QEMUs started on them; close() ends every one of them with kill -9."""
+
+    directory: str
+    server: ModelServerProc | None = None
+    daemons: dict[str, DaemonProc] = field(default_factory=dict)  # by node name
+    qemus: list[FakeQemu] = field(default_factory=list)
+
+    @classmethod
+    def start(cls, directory: str, nodes: int = 2) -> ModelCluster:
+        cluster = cls(directory)
+        try:
+            cluster.server = ModelServerProc.start(directory)
+            for node in range(1, nodes + 1):
+                daemon = DaemonProc.on_model(directory, cluster.server.socket, node)
+                cluster.daemons[str(daemon.config["node_name"])] = daemon
+                daemon.start()
+        except BaseException:
+            cluster.close()
+            raise
+        return cluster
+
+    def start_qemu(self, node: str, name: str, disks: list[ResourceSpec] | None = None) -> FakeQemu:
+        """A fake QEMU registered with `node`'s virtdlmd (AssertionError if refused)."""
+        qemu = FakeQemu.start(self.daemons[node].socket, name, disks or [])
+        self.qemus.append(qemu)
+        return qemu
+
+    def close(self) -> None:
+        for qemu in self.qemus:
+            qemu.kill()
+        for daemon in self.daemons.values():  # what they hold ends with the server
+            if daemon.proc is not None and daemon.proc.poll() is None:
+                daemon.kill9()
+        if self.server is not None:
+            self.server.kill9()
