@@ -17,8 +17,10 @@ import shutil
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
+from typing import Any, Protocol
 
 from . import audits, generate, shrink
+from .run import Outcome, Result
 from .schema import ACTIONS, Scenario, Step, Together, dump
 
 FOUND_DIR = "scenarios/found"
@@ -37,15 +39,30 @@ def faults(scenario: Scenario) -> int:
     return sum(1 for s in scenario.flat() if ACTIONS[s.do].fault)
 
 
-def failed_audits(record: dict[str, object]) -> set[str]:
-    verdicts = [audits.Verdict(**v) for v in record["audits"]]  # type: ignore[attr-defined]
+class Replayer(Protocol):
+    """What a campaign needs of the lab: lab.scenario.__main__.Session."""
+
+    def replay(
+        self,
+        scenario: Scenario,
+        out_dir: str,
+        quiet: bool = False,
+        restore: bool = True,
+        on_item: Callable[[list[Outcome], dict[str, Any]], None] | None = None,
+    ) -> tuple[Result, str]: ...
+
+    def restore(self) -> None: ...
+
+
+def failed_audits(record: dict[str, Any]) -> set[str]:
+    verdicts = [audits.Verdict(**v) for v in record["audits"]]
     return {v.audit for v in audits.failed(verdicts)}
 
 
 class Campaign:
     def __init__(
         self,
-        session: object,  # lab.scenario.__main__.Session (its replay runs a scenario)
+        session: Replayer,
         seed: int,
         steps: int,
         lock_manager: str,
@@ -73,9 +90,9 @@ class Campaign:
         done = {"steps": 0, "faults": 0}
         total = len(scenario.steps)
 
-        def progress(outcomes: list[object], record: dict[str, object]) -> None:
+        def progress(outcomes: list[Outcome], record: dict[str, Any]) -> None:
             for o in outcomes:
-                step: Step = o.step  # type: ignore[attr-defined]
+                step = o.step
                 done["steps"] += 1
                 done["faults"] += ACTIONS[step.do].fault
             minutes = max(time.monotonic() - started, 1e-9) / 60
@@ -86,7 +103,7 @@ class Campaign:
                 f"{injected / minutes:.1f} faults/min"
             )
 
-        result, history = self.session.replay(  # type: ignore[attr-defined]
+        result, history = self.session.replay(
             scenario, self.out_dir, restore=False, on_item=progress
         )
         minutes = (time.monotonic() - started) / 60
@@ -105,9 +122,7 @@ class Campaign:
         self.tries += 1
         where = os.path.join(self.out_dir, f"shrink-{self.tries:03d}")
         os.makedirs(where, exist_ok=True)
-        result, history = self.session.replay(  # type: ignore[attr-defined]
-            candidate, where, quiet=True, restore=False
-        )
+        result, history = self.session.replay(candidate, where, quiet=True, restore=False)
         got = failed_audits(result.records[-1]) if result.records and not result.ok else set()
         verdict = bool(got & wanted)
         if verdict:
@@ -129,7 +144,7 @@ class Campaign:
     def finish(self) -> None:
         """Leave the lab as `make lab` set it (the replays above did not, to save a libvirtd
         restart per candidate)."""
-        self.session.restore()  # type: ignore[attr-defined]
+        self.session.restore()
 
     def write_found(self, scenario: Scenario, history: str, failure: str) -> str:
         os.makedirs(self.found_dir, exist_ok=True)

@@ -17,7 +17,7 @@ from collections.abc import Iterator
 from typing import Any
 
 from . import audits
-from .schema import Scenario, ScenarioError, Step, Together, dump, loads
+from .schema import DiskUse, Scenario, ScenarioError, Step, Together, dump, loads
 
 HEADER, STEP = "scenario", "step"
 
@@ -79,7 +79,6 @@ def to_scenario(path: str) -> Scenario:
 def _observed(s: dict[str, Any]) -> Step:
     args = s["args"]
     refused = s["outcome"] not in ("ok",)
-    from .schema import DiskUse
 
     def disk(d: dict[str, str]) -> DiskUse:
         return DiskUse(d["mode"], d.get("disk", ""), d.get("path", ""))

@@ -56,6 +56,8 @@ VIRTDLMD_KILL = (
     'pid=$(systemctl show -p MainPID --value virtdlmd.service) && [ "$pid" -gt 0 ] && '
     'kill -9 "$pid"'
 )
+# ... and until that process is gone (systemd has seen it die), at most 10 s.
+VIRTDLMD_GONE = 'timeout 10 sh -c "while kill -0 $pid 2>/dev/null; do sleep 0.1; done"'
 # What an action leaves in the nodes' journals on purpose (the journal audit allows it, and
 # the refusal signs of whatever layer refused a step of the group).
 ALLOW_BY_ACTION: dict[str, tuple[str, ...]] = {
@@ -64,18 +66,7 @@ ALLOW_BY_ACTION: dict[str, tuple[str, ...]] = {
     "stop-virtdlmd": log_signs(LOCK_DAEMON_DOWN),
     "kill-virtdlmd": log_signs(LOCK_DAEMON_DOWN),
     "restart-libvirtd": (),
-    "power-off": (
-        "corosync",
-        "dlm_controld",
-        "fence",
-        "dlm:",
-        "knet",
-        "TOTEM",
-        "QUORUM",
-        "virtdlmd",
-        "Child quit during startup handshake",
-        *node_loss.REJOIN_LOG,
-    ),
+    "power-off": node_loss.NODE_LOSS_LOG,
 }
 for _fault in ("power-on", "cut", "heal"):
     ALLOW_BY_ACTION[_fault] = ALLOW_BY_ACTION["power-off"]
@@ -509,7 +500,7 @@ class Runner:
         return f"locks released {released:.3f} s after the kill"
 
     def do_kill_virtdlmd(self, s: Step) -> None:
-        self.tn.nodes[s.node].check(f"{VIRTDLMD_KILL} && sleep 1 && {VIRTDLMD_UP}")
+        self.tn.nodes[s.node].check(f"{VIRTDLMD_KILL} && {VIRTDLMD_GONE} && {VIRTDLMD_UP}")
 
     def do_stop_virtdlmd(self, s: Step) -> None:
         self.tn.nodes[s.node].check(

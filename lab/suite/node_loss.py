@@ -22,6 +22,23 @@ FENCE_WAIT_S = 180.0
 # What dlm_controld logs at err priority while a node powered on again rejoins, as corosync
 # settles: it retries its cpg messages ("29 cpg_mcast_joined retry 100 protocol").
 REJOIN_LOG = ("cpg_mcast_joined retry",)
+# What the nodes log when a node is lost and fenced (not an error of the lock manager):
+# corosync and dlm_controld at err priority, the kernel's dlm recovery, fence lines.
+NODE_LOSS_LOG = (
+    "corosync",
+    "dlm_controld",
+    "fence",
+    "dlm:",
+    "libvirt:",
+    "knet",
+    "TOTEM",
+    "QUORUM",
+    "virtdlmd",
+    # libvirtd, when dlm.so refuses a start in QEMU's pre-exec child while the DLM waits
+    # for the fence (virtdlmd's LOCKSPACE_UNAVAILABLE): the child exits during the handshake
+    "Child quit during startup handshake",
+    *REJOIN_LOG,
+)
 AUDIT_CALL_TIMEOUT_S = 5.0  # one libvirt call of an audit (it answers in milliseconds)
 WATCH_SETTLE_S = 2.0  # for the power watch to see a node that stopped answering go off
 

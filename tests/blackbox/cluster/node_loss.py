@@ -13,6 +13,7 @@ from lab.suite.node_loss import (  # noqa: F401 (the cases import them from here
     FENCE_WAIT_S,
     HEAL_DEADLINE_S,
     LOCKSPACE,
+    NODE_LOSS_LOG,
     REJOIN_LOG,
     WATCH_SETTLE_S,
     audit,

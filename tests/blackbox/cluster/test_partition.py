@@ -40,7 +40,7 @@ from lab.virt.refusal import LOCK_MANAGER, log_signs
 
 from .conftest import Record
 from .node_loss import (
-    REJOIN_LOG,
+    NODE_LOSS_LOG,
     audit,
     heal_and_record,
     healthy,
@@ -60,24 +60,8 @@ FENCE_LINE = re.compile(r"fence (request|result) 2\b")
 TAKEOVER_DEADLINE_S = 240.0
 UNFENCED_DEADLINE_S = 120.0
 POLL_S = 1.0
-# What the nodes log when a node is lost and fenced (not an error of the lock manager):
-# corosync and dlm_controld at err priority, the kernel's dlm recovery, virtdlmd's BUSY.
-SPLIT_LOG = (
-    "corosync",
-    "dlm_controld",
-    "fence",
-    "dlm:",
-    "libvirt:",
-    "knet",
-    "TOTEM",
-    "QUORUM",
-    "virtdlmd",
-    # libvirtd, when dlm.so refuses a start in QEMU's pre-exec child while the DLM waits
-    # for the fence (virtdlmd's LOCKSPACE_UNAVAILABLE): the child exits during the handshake
-    "Child quit during startup handshake",
-    *REJOIN_LOG,
-    *log_signs(LOCK_MANAGER),
-)
+# What the nodes log when a node is lost and fenced, and virtdlmd's BUSY.
+SPLIT_LOG = (*NODE_LOSS_LOG, *log_signs(LOCK_MANAGER))
 
 
 def vm1(tn: TwoNode, mount_point: str, with_nfs: bool) -> DomainSpec:
