@@ -93,6 +93,10 @@ class Lab:
 
     @step("host libvirtd")
     def host_libvirtd(self) -> None:
+        if self.settings["fix_kvm_device"]:
+            done = libvirtd.kvm_device_fix(self.who)
+            if done:
+                say(f"    {done}")
         libvirtd.ensure_running(self.who)
 
     @step("box")
@@ -250,6 +254,13 @@ class Lab:
         self.host_libvirtd()
         box_dir = self.box()
         previous = lab_settings.read_vagrant_settings()
+        if previous and previous.get("node_list") != lab_settings.node_list(self.settings):
+            # Another node count (or cluster subnet): corosync's quorum, the nodes' hosts
+            # and dlm.conf all change. A lab of the new shape from scratch is the certain way.
+            was = len(previous.get("node_list") or [{}, {}])
+            say(f"==> the lab has {was} nodes, the settings say {self.settings['nodes']}")
+            step("remove the lab of the other shape")(self.destroy_all)(previous)
+            previous = None
         if previous and previous.get("box_dir") != box_dir:
             # Nodes of an older recipe: their disks are backed by the box pruned below, and
             # they would not be what this tree builds. Rebuild them from the new box.
@@ -328,6 +339,12 @@ class Lab:
         for name, why in self.nodes.collect_journals(LOG_DIR).items():
             say(f"{name}: no journal: {why}")
         say(f"node logs collected under {LOG_DIR} (journal, serial console, vagrant.log)")
+
+    def destroy_all(self, previous: dict[str, Any]) -> None:
+        """Destroy a lab brought up with other settings: vagrant reads its nodes from the
+        settings file, so the old one is put back first; the rest goes by name prefix."""
+        lab_settings.write_vagrant_settings(previous)
+        self.destroy()
 
     def destroy(self) -> None:
         if os.path.exists(lab_settings.VAGRANT_SETTINGS):

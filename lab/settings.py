@@ -1,4 +1,4 @@
-"""The two-node lab's settings: lab/settings.yaml, VIRTDLM_LAB_* overrides, computed values.
+"""The lab's settings: lab/settings.yaml, VIRTDLM_LAB_* overrides, computed values.
 
 ``resolve`` is pure (text + environment in, dict out); ``write_vagrant_settings`` writes what
 the Vagrantfile reads, so the Vagrantfile holds no logic of its own.
@@ -7,6 +7,7 @@ the Vagrantfile reads, so the Vagrantfile holds no logic of its own.
 from __future__ import annotations
 
 import hashlib
+import ipaddress
 import json
 import os
 from collections.abc import Mapping
@@ -14,7 +15,7 @@ from typing import Any
 
 import yaml
 
-from .nodes import WRITER_BOOT_IMAGE
+from .nodes import NODE_NAMES, WRITER_BOOT_IMAGE
 from .wait import LabError
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -63,7 +64,43 @@ def resolve(text: str, env: Mapping[str, str]) -> dict[str, Any]:
         raise SettingsError(f"accel {out['accel']!r}: expected auto, kvm or tcg")
     if out["lock_manager"] not in LOCK_MANAGERS:
         raise SettingsError(f"lock_manager {out['lock_manager']!r}: expected dlm or nop")
+    if not 2 <= int(out["nodes"]) <= len(NODE_NAMES):
+        raise SettingsError(f"nodes {out['nodes']!r}: expected 2 to {len(NODE_NAMES)}")
+    node_list(out)  # the subnet must hold every node's address
     return out
+
+
+def node_names(settings: Mapping[str, Any]) -> tuple[str, ...]:
+    return NODE_NAMES[: int(settings["nodes"])]
+
+
+def node_list(settings: Mapping[str, Any]) -> list[dict[str, Any]]:
+    """Each node's name, corosync node id and cluster address (.10 + id of the subnet)."""
+    try:
+        net = ipaddress.ip_network(str(settings["cluster_subnet"]), strict=True)
+    except ValueError as err:
+        raise SettingsError(f"cluster_subnet {settings['cluster_subnet']!r}: {err}") from err
+    hosts = list(net.hosts())
+    out = []
+    for i, name in enumerate(node_names(settings), start=1):
+        if 10 + i > len(hosts):
+            raise SettingsError(f"cluster_subnet {net} has no address .{10 + i} for {name}")
+        out.append({"name": name, "id": i, "ip": str(hosts[10 + i - 1])})
+    return out
+
+
+def cluster_addresses(settings: Mapping[str, Any]) -> dict[str, str]:
+    """Each node's address on the cluster network, by name."""
+    return {n["name"]: n["ip"] for n in node_list(settings)}
+
+
+def lab_node_names(env: Mapping[str, str] | None = None) -> tuple[str, ...]:
+    """The nodes of the lab these settings describe; the two-node default when the settings
+    are bad (every command that uses them loads them again and says what is wrong)."""
+    try:
+        return node_names(load(env))
+    except (SettingsError, OSError, yaml.YAMLError):
+        return NODE_NAMES[:2]
 
 
 def load(env: Mapping[str, str] | None = None) -> dict[str, Any]:
@@ -88,6 +125,7 @@ def vagrant_settings(settings: dict[str, Any], box_dir: str, domain_type: str) -
         "prefix": prefix,
         "management_network": f"{prefix}mgmt",
         "cluster_network": f"{prefix}cluster",
+        "node_list": node_list(settings),
         "log_dir": os.path.join(LAB_DIR, "logs"),
         "boot_timeout_s": BOOT_TIMEOUT_S,
         "writer_boot_image": WRITER_BOOT_IMAGE,

@@ -8,7 +8,10 @@ no init system runs them, and found by the pid file the host's own daemons write
 
 from __future__ import annotations
 
+import grp
 import os
+import pwd
+import stat
 
 import libvirt
 
@@ -22,6 +25,9 @@ START_TIMEOUT_S = 30.0
 READY_TIMEOUT_S = 60.0
 POLL_S = 1.0
 DAEMONS = ("virtlogd", "libvirtd")
+KVM_DEVICE = "/dev/kvm"
+KVM_GROUP = "kvm"
+QEMU_USER = "libvirt-qemu"  # Debian's libvirt runs QEMU as this user (qemu.conf `user`)
 
 
 def host_daemon_pid(name: str, run_dir: str = "/run") -> int | None:
@@ -94,3 +100,49 @@ def ensure_running(who: Runner, uri: str = HOST_URI) -> None:
             f"{READY_TIMEOUT_S:.0f} s: {last[0]} (libvirtd {state}; its log: "
             "/var/log/libvirt/libvirtd.log)"
         ) from err
+
+
+def user_can_rw(mode: int, owner: int, group: int, uid: int, gids: set[int]) -> bool:
+    """Whether a user (uid, all its group ids) may read and write a file of this mode and
+    ownership, by the permission bits alone (no ACL: the device nodes here have none)."""
+    if uid == owner:
+        return mode & stat.S_IRUSR != 0 and mode & stat.S_IWUSR != 0
+    if group in gids:
+        return mode & stat.S_IRGRP != 0 and mode & stat.S_IWGRP != 0
+    return mode & stat.S_IROTH != 0 and mode & stat.S_IWOTH != 0
+
+
+def kvm_device_fix(who: Runner, device: str = KVM_DEVICE, user: str = QEMU_USER) -> str | None:
+    """Give /dev/kvm Debian's udev ownership (root:kvm 0660) when the QEMU user cannot open
+    it; what was done (or what to do), or None when nothing is needed.
+
+    libvirt 9 probes QEMU's capabilities with CAP_DAC_OVERRIDE, so its probe opens /dev/kvm
+    whatever its mode, while its validity check asks whether the QEMU user can: when they
+    differ ("KVM was enabled when probing ..., but it is not available now" in its debug
+    log) every call that needs capabilities probes QEMU again, about 4 s each, and
+    vagrant-libvirt makes dozens. Seen on hosts whose /dev/kvm belongs to another group
+    (a container's device node). The lab's own choice of KVM or TCG does not depend on it.
+    """
+    try:
+        st = os.stat(device)
+        account = pwd.getpwnam(user)
+        kvm_gid = grp.getgrnam(KVM_GROUP).gr_gid
+    except (OSError, KeyError):
+        return None  # no device, no QEMU user or no kvm group: nothing libvirt could use
+    gids = {account.pw_gid} | {g.gr_gid for g in grp.getgrall() if user in g.gr_mem}
+    if user_can_rw(st.st_mode, st.st_uid, st.st_gid, account.pw_uid, gids):
+        return None
+    was = f"{stat.filemode(st.st_mode)} {st.st_uid}:{st.st_gid}"
+    if kvm_gid not in gids:
+        return f"{device} ({was}) is not usable by {user}, who is not in group {KVM_GROUP}"
+    if not (who.root or who.sudo):
+        return (
+            f"{device} ({was}) is not usable by {user}: libvirt re-probes QEMU on every call "
+            f"(make lab is slow); `sudo chgrp {KVM_GROUP} {device}; sudo chmod 0660 {device}`"
+        )
+    check(as_root(["chgrp", KVM_GROUP, device], who), timeout_s=START_TIMEOUT_S)
+    check(as_root(["chmod", "0660", device], who), timeout_s=START_TIMEOUT_S)
+    return (
+        f"{device} was {was}, not usable by {user}: now root:{KVM_GROUP} 0660 as Debian's "
+        "udev rule makes it, so libvirt keeps its QEMU capability cache (fix_kvm_device)"
+    )

@@ -1,7 +1,7 @@
 """The lab's health checks (make lab-status): testinfra assertions on each node, one table.
 
-corosync quorate with two members, the DLM lockspace joined on both nodes, the share
-mounted on both, virtdlmd up with the libdlm backend, libvirtd running with dlm.so loaded,
+corosync quorate with every node a member, the DLM lockspace joined on every node, the
+share mounted on each, virtdlmd up with the libdlm backend, libvirtd running with dlm.so loaded,
 and a smoke live migration from node-a to node-b that carries its lock along.
 
 Each node check is a function of the node's testinfra Host that asserts what must hold and
@@ -29,7 +29,7 @@ SMOKE = "lab-smoke"
 CHECK_TIMEOUT_S = 30.0
 MIGRATE_TIMEOUT_S = 180.0
 DETAIL_CHARS = 120
-CLUSTER_SIZE = 2
+CLUSTER_SIZE = len(NODES)
 LOCKSPACE = "libvirt"
 DLM_DRIVER = "lock-driver/dlm.so"
 # A testinfra Host: its modules (host.service, host.file, ...) are attributes made at run
@@ -159,7 +159,7 @@ def parse_fence_list(text: str) -> list[str]:
 
 def fencing_ready(host: Host, settings: dict[str, Any]) -> str:
     """Fencing on: dlm.conf enables it, and fence_virt reaches fence_virtd on the host and
-    sees both nodes (`-o list`: a dry check, nothing is fenced). Off: say it is unsafe."""
+    sees every node (`-o list`: a dry check, nothing is fenced). Off: say it is unsafe."""
     conf = host.file("/etc/dlm/dlm.conf").content_string
     enabled = re.search(r"^enable_fencing=1\s*$", conf, re.M) is not None
     if not settings["fencing"]:
@@ -172,11 +172,11 @@ def fencing_ready(host: Host, settings: dict[str, Any]) -> str:
     listed = parse_fence_list(out.stdout)
     want = [lab_prefix() + n for n in NODES]
     assert all(w in listed for w in want), f"fence_virtd lists {listed}, not {want}"
-    return f"on: fence_virt reaches {address}:{fencing.FENCE_PORT}, lists both nodes"
+    return f"on: fence_virt reaches {address}:{fencing.FENCE_PORT}, lists all {len(want)} nodes"
 
 
 NODE_CHECKS: tuple[tuple[str, Callable[[Host, dict[str, Any]], str]], ...] = (
-    ("corosync quorate, 2 members", corosync_quorate),
+    (f"corosync quorate, {CLUSTER_SIZE} members", corosync_quorate),
     ("dlm lockspace 'libvirt' joined", lockspace_joined),
     ("nfs share mounted", share_mounted),
     ("virtdlmd up, backend libdlm", virtdlmd_libdlm),

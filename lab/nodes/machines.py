@@ -11,11 +11,12 @@ from __future__ import annotations
 import os
 from collections.abc import Callable, Iterable, Mapping
 
+from ..settings import lab_node_names
 from ..wait import LabError
 from .node import Node
 from .vagrant import Vagrant, VagrantError, boot_or_network_timeout
 
-NODES = ("node-a", "node-b")
+NODES = lab_node_names()  # node-a, node-b, ...: lab/settings.yaml `nodes`
 JOURNAL_UNITS = ("corosync", "dlm", "libvirtd", "virtdlmd", "nfs-server")
 JOURNAL_LINES = 2000
 JOURNAL_TIMEOUT_S = 60.0

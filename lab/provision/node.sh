@@ -14,7 +14,7 @@
 #                          by a power cycle (lab.cluster.Lab.set_fencing does it)
 #
 # Reads /opt/virtdlm/.lab/vagrant-settings.json (the host's resolved settings) and
-# /opt/virtdlm-secrets/authkey (corosync's key, made once on the host, same on both nodes).
+# /opt/virtdlm-secrets/authkey (corosync's key, made once on the host, same on every node).
 set -euo pipefail
 
 phase=$1
@@ -41,8 +41,11 @@ put() {
 }
 was_changed() { local p; for p in "${changed[@]}"; do [[ $p == "$1"* ]] && return 0; done; return 1; }
 
-node_a_ip=$(s node_a_ip)
-node_b_ip=$(s node_b_ip)
+# The nodes, one "ID NAME IP" line each (lab/settings.py node_list).
+nodes=$(python3 -c "import json; [print(n['id'], n['name'], n['ip']) for n in json.load(open('$settings'))['node_list']]")
+node_count=$(wc -l <<< "$nodes")
+my_ip=$(awk -v n="$name" '$2 == n {print $3}' <<< "$nodes")
+[ -n "$my_ip" ] || { echo "node.sh: $name is not in the lab's node_list: $nodes" >&2; exit 2; }
 
 # The cluster NIC: the en* interface that holds no management (DHCP) address. vagrant-libvirt
 # would configure it with ifupdown, which the box does not have: networkd does it here,
@@ -77,14 +80,18 @@ EOF
 
 # /etc/dlm/dlm.conf. With fencing (the default): dlm_controld powers a failed node off with
 # fence_virt through fence_virtd on the host (lab/host/fencing.py). action=off, not the
-# agent's default reboot: a quick, certain fence (the lab powers the node back on); and
-# fencing node-a waits, so node-a, the NFS server, wins a fence race. Startup fencing is
-# off in the lab only: make lab boots both nodes together, and a node the lab has just
-# powered back on must not fence the survivor. Without fencing the lab is unsafe.
+# agent's default reboot: a quick, certain fence (the lab powers the node back on). In a
+# two-node cluster fencing node-a waits, so node-a, the NFS server, wins the fence race;
+# with three or more quorum decides who fences, and nobody waits. Startup fencing is off in
+# the lab only: make lab boots the nodes together, and a node the lab has just powered back
+# on must not fence the survivors. Without fencing the lab is unsafe.
 dlm_conf() {
-  local fencing=$1 plug_a plug_b
-  plug_a="$(s prefix)node-a"
-  plug_b="$(s prefix)node-b"
+  local fencing=$1 connects id node_name ip delay
+  connects=$(while read -r id node_name ip; do
+    delay=""
+    [ "$node_count" = 2 ] && [ "$id" = 1 ] && delay=" delay=$(s fence_race_delay_s)"
+    echo "connect virt node=$id plug=$(s prefix)$node_name$delay"
+  done <<< "$nodes")
   if [ "$fencing" = True ]; then
     install -D -m 0400 /opt/virtdlm-secrets/fence_xvm.key "$(s fence_key_file)"
     put /etc/dlm/dlm.conf 0644 <<EOF
@@ -94,8 +101,7 @@ enable_startup_fencing=0
 enable_quorum_fencing=1
 protocol=tcp
 device virt /usr/sbin/fence_virt ipaddr=$(s fence_address) ipport=$(s fence_port) key_file=$(s fence_key_file) action=off timeout=$(s fence_timeout_s)
-connect virt node=1 plug=$plug_a delay=$(s fence_race_delay_s)
-connect virt node=2 plug=$plug_b
+$connects
 EOF
   else
     put /etc/dlm/dlm.conf 0644 <<EOF
@@ -119,19 +125,28 @@ EOF
 }
 
 phase_base() {
-  local my_ip
-  my_ip=$([ "$name" = node-a ] && echo "$node_a_ip" || echo "$node_b_ip")
+  local id node_name ip nodelist quorum
   cluster_network "$my_ip" "$(s cluster_subnet | cut -d/ -f2)"
   # Names resolve to cluster addresses, never 127.0.1.1 (corosync and migration need that).
   put /etc/hosts 0644 < <(
     grep -vE '^127\.0\.1\.1|# virtdlm-lab$' /etc/hosts
-    echo "$node_a_ip node-a # virtdlm-lab"
-    echo "$node_b_ip node-b # virtdlm-lab"
+    awk '{print $3, $2, "# virtdlm-lab"}' <<< "$nodes"
   )
+  nodelist=$(while read -r id node_name ip; do
+    printf '    node {\n        name: %s\n        nodeid: %s\n        ring0_addr: %s\n    }\n' \
+      "$node_name" "$id" "$ip"
+  done <<< "$nodes")
+  # Two nodes: votequorum's two_node mode (each is quorate alone; fencing decides a split).
+  # Three or more: real quorum, a majority of votes; a cut-off minority stops.
+  if [ "$node_count" = 2 ]; then
+    quorum="    two_node: 1"
+  else
+    quorum="    # $node_count nodes: a partition needs $((node_count / 2 + 1)) votes to go on."
+  fi
 
   put /etc/corosync/authkey 0400 < /opt/virtdlm-secrets/authkey
   put /etc/corosync/corosync.conf 0644 <<EOF
-# virtdlm lab: a two-node cluster on the isolated cluster network.
+# virtdlm lab: a $node_count-node cluster on the isolated cluster network.
 totem {
     version: 2
     cluster_name: virtdlm-lab
@@ -145,20 +160,11 @@ totem {
     token: 10000
 }
 nodelist {
-    node {
-        name: node-a
-        nodeid: 1
-        ring0_addr: $node_a_ip
-    }
-    node {
-        name: node-b
-        nodeid: 2
-        ring0_addr: $node_b_ip
-    }
+$nodelist
 }
 quorum {
     provider: corosync_votequorum
-    two_node: 1
+$quorum
 }
 logging {
     to_syslog: yes
@@ -200,7 +206,7 @@ phase_storage() {
     umount "$mnt"
   fi
   mountpoint -q "$mnt" || mount "$mnt"
-  # The shared block device: two partitions (written once, by node-a; node-b re-reads).
+  # The shared block device: two partitions (written once, by node-a; the others re-read).
   local shared=/dev/disk/by-id/virtio-virtdlm-shared
   [ -b "$shared" ] || { log "$shared is missing: check the Vagrantfile's shared disk"; exit 1; }
   if [ "$name" = node-a ]; then

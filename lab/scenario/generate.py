@@ -17,11 +17,11 @@ import random
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
+from ..nodes import NODE_NAMES
 from .schema import (
     ANY,
     DIRECTIONS,
     LOCK_MANAGERS,
-    NODE_NAMES,
     DiskUse,
     Item,
     LabNeeds,

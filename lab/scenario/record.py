@@ -31,9 +31,10 @@ from typing import Any
 
 import libvirt
 
+from ..nodes import NODE_NAMES
 from ..virt.hypervisor import Hypervisor, LibvirtFailure
 from ..wait import LabError
-from .schema import NODE_NAMES, Scenario, ScenarioError, dump, loads
+from .schema import Scenario, ScenarioError, dump, loads
 from .tape import Entry, Event, Tape, disk_uses
 
 log = logging.getLogger(__name__)

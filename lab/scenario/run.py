@@ -25,7 +25,7 @@ import libvirt
 
 from ..cluster import Lab
 from ..host.objects import HostObjects
-from ..settings import lab_prefix
+from ..settings import cluster_addresses, lab_prefix
 from ..suite import node_loss, on_node, partition
 from ..suite.audit import AuditFailure
 from ..suite.data import DataAuditFailure
@@ -160,6 +160,15 @@ class Runner:
         on_item: Callable[[list[Outcome], dict[str, Any]], None] | None = None,
     ) -> None:
         self.tn, self.lab, self.scenario = tn, lab, scenario
+        # The lab's nodes, all of them reset and observed; the scenario may use fewer.
+        self.nodes = tuple(tn.nodes)
+        missing = [n for n in scenario.nodes if n not in self.nodes]
+        if missing:
+            raise LabError(
+                f"the scenario has {len(scenario.nodes)} nodes (lab: nodes: "
+                f"{scenario.lab.nodes}), this lab {len(self.nodes)}: bring it up with "
+                f"VIRTDLM_LAB_NODES={scenario.lab.nodes} make lab"
+            )
         self.history_file = history_file
         self.say = say
         self.read_journals = read_journals
@@ -212,14 +221,14 @@ class Runner:
         every node answering, quorate, with every node a member; anything else (or an
         unhealthy lab) goes through the lab's own health checks."""
         try:
-            for name in self.scenario.nodes:
+            for name in self.nodes:
                 self.tn.nodes[name].check(VIRTDLMD_UP, timeout_s=SHELL_TIMEOUT_S)
-            seen = {n: self.tn.observe(n, []) for n in self.scenario.nodes}
+            seen = {n: self.tn.observe(n, []) for n in self.nodes}
         except LabError:
             return node_loss.healthy(self.tn.nodes, self.lab.settings)
         whole = all(
             s["quorum"]["quorate"] is True
-            and set(s["quorum"]["members"]) == set(self.scenario.nodes)
+            and set(s["quorum"]["members"]) == set(self.nodes)
             and isinstance(s["locks"], list)
             for s in seen.values()
         )
@@ -228,7 +237,7 @@ class Runner:
     def prepare(self) -> None:
         """Every node on and whole, virtdlmd up, nothing running, no lock, disks wiped, the
         lock manager the scenario asks for."""
-        tn, nodes = self.tn, self.scenario.nodes
+        tn, nodes = self.tn, self.nodes
         with HostObjects() as host:
             off = [n for n in nodes if not host.is_running(lab_prefix() + n)]
         for name in nodes:
@@ -329,7 +338,7 @@ class Runner:
         that came back from a power-off is armed again (its journal began anew)."""
         if not self.read_journals:
             return None
-        whole = [n for n in self.scenario.nodes if n not in self.tn.down | self.cut]
+        whole = [n for n in self.nodes if n not in self.tn.down | self.cut]
         if self.watch is None:
             self.watch = JournalWatch({})
         try:
@@ -340,7 +349,7 @@ class Runner:
                     self.watch.cursors[name] = fresh.cursors[name]
                     self.rebooted.discard(name)
             self.watch.allow = tuple(sorted(allow))
-            skip = set(self.scenario.nodes) - set(whole)
+            skip = set(self.nodes) - set(whole)
             return self.watch.bad_lines(skip=skip, advance=True)
         except LabError:  # a node that vanished meanwhile
             return None
@@ -378,7 +387,7 @@ class Runner:
         restarted = any(s["do"] in ("start-virtdlmd", "kill-virtdlmd") for s in record["steps"])
         deadline = time.monotonic() + (ADOPT_S if restarted else audits.SETTLE_S)
         while True:
-            record["state"] = {n: self.observe(n) for n in self.scenario.nodes}
+            record["state"] = {n: self.observe(n) for n in self.nodes}
             record["expected"] = {
                 "down": sorted(self.tn.down),
                 "cut": sorted(self.cut),
@@ -527,11 +536,8 @@ class Runner:
         self.bring_back(s.node)
 
     def do_cut(self, s: Step) -> None:
-        peers = [
-            str(self.lab.settings[f"{n.replace('-', '_')}_ip"])
-            for n in self.scenario.nodes
-            if n != s.node
-        ]
+        addresses = cluster_addresses(self.lab.settings)
+        peers = [addresses[n] for n in self.nodes if n != s.node]
         partition.cut(self.tn.nodes[s.node], peers, s.direction)
         self.lost_at[s.node] = time.time()
         self.cut.add(s.node)
@@ -547,7 +553,10 @@ class Runner:
     def bring_back(self, name: str) -> None:
         """Power a lost node on once its fence is done (or, without fencing, once the lab
         powered it off: split halves are never merged), and wait for the lab's health."""
-        survivor = next(n for n in self.scenario.nodes if n != name)
+        survivor = next(
+            (n for n in self.nodes if n != name and n not in self.tn.down | self.cut),
+            next(n for n in self.nodes if n != name),
+        )
         since = self.lost_at.pop(name, time.time())
         if self.lab.settings["fencing"]:
             node_loss.wait_fenced(self.tn, name, survivor, since)

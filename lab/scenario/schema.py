@@ -31,9 +31,10 @@ from typing import Any
 
 import yaml
 
+from ..nodes import NODE_NAMES
+
 VERSION = 1
 TOP_KEYS = ("version", "lab", "vms", "steps")
-NODE_NAMES = ("node-a", "node-b", "node-c", "node-d", "node-e")  # node-a.. as the lab names them
 STORAGES = ("nfs", "block")
 LOCK_MANAGERS = ("dlm", "nop")
 MODES = ("rw", "ro", "shareable")

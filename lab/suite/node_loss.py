@@ -9,12 +9,13 @@ from typing import Any
 
 from ..cluster import Lab
 from ..host.objects import HostObjects, PowerWatch
+from ..nodes import node_id
 from ..nodes.health import node_checks, parse_lockspace, parse_quorum
 from ..nodes.node import Node
 from ..settings import lab_prefix
 from ..wait import LabError, wait_for
 from .audit import AuditFailure
-from .steps import NODE_A, TwoNode
+from .steps import TwoNode
 
 LOCKSPACE = "libvirt"  # lockspace_name in the nodes' qemu-dlm.conf
 HEAL_DEADLINE_S = 600.0
@@ -115,7 +116,8 @@ def wait_fenced(tn: TwoNode, victim: str, survivor: str, since: float) -> None:
     """Until `victim` is off and `survivor`'s DLM has recovered without it (its fence done).
     Powering a node on before its fence completes would let the fence power off the new
     boot. A fence that never comes (fencing broken) is done here, by the lab, after a while."""
-    own = [1 if survivor == NODE_A else 2]
+    # The survivor's lockspace, recovered: every node that is neither lost nor the victim.
+    own = sorted(node_id(n) for n in tn.nodes if n != victim and n not in tn.down)
 
     def done() -> bool:
         with HostObjects() as host:

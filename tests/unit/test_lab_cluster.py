@@ -7,7 +7,7 @@ import pytest
 
 from lab.nodes.health import Check, format_table, parse_lockspace, parse_lockspaces, parse_quorum
 from lab.nodes.machines import NODES, orphans
-from lab.settings import SettingsError, resolve
+from lab.settings import SettingsError, cluster_addresses, node_list, resolve
 
 # Captured from corosync 3.1.7, dlm 4.2.0.
 QUORUM = """\
@@ -43,7 +43,10 @@ flags         0x00000000
 change        member 1 joined 0 remove 1 failed 1 seq 4,4
 members       2 
 """
-YAML = "memory_mib: 2048\naccel: auto\nnfs_locking: false\nlock_manager: dlm\n"
+YAML = (
+    "memory_mib: 2048\naccel: auto\nnfs_locking: false\nlock_manager: dlm\nnodes: 2\n"
+    "cluster_subnet: 192.168.124.0/24\n"
+)
 
 
 def test_corosync_quorum_and_dlm_lockspaces() -> None:
@@ -100,3 +103,23 @@ def test_orphans_are_our_nodes_only_when_vagrant_knows_none(
     states: dict[str, str], expected: list[str]
 ) -> None:
     assert orphans(DOMAINS, P, NODES, states) == expected
+
+
+def test_the_node_count_names_and_addresses_every_node() -> None:
+    three = resolve(YAML, {"VIRTDLM_LAB_NODES": "3"})
+    assert node_list(three) == [
+        {"name": "node-a", "id": 1, "ip": "192.168.124.11"},
+        {"name": "node-b", "id": 2, "ip": "192.168.124.12"},
+        {"name": "node-c", "id": 3, "ip": "192.168.124.13"},
+    ]
+    assert cluster_addresses(resolve(YAML, {})) == {
+        "node-a": "192.168.124.11",
+        "node-b": "192.168.124.12",
+    }
+    for bad in ("1", "6"):
+        with pytest.raises(SettingsError, match="nodes .*expected 2 to 5"):
+            resolve(YAML, {"VIRTDLM_LAB_NODES": bad})
+    with pytest.raises(SettingsError, match="has no address .11 for node-a"):
+        resolve(YAML, {"VIRTDLM_LAB_CLUSTER_SUBNET": "10.0.0.0/29"})
+    with pytest.raises(SettingsError, match="cluster_subnet"):
+        resolve(YAML, {"VIRTDLM_LAB_CLUSTER_SUBNET": "10.0.0.1/24"})

@@ -11,7 +11,7 @@ import pytest
 from lab.command import alive
 from lab.host.access import Runner, as_root, refusal
 from lab.host.box import base_volumes, stale_boxes
-from lab.host.libvirtd import host_daemon_pid
+from lab.host.libvirtd import host_daemon_pid, user_can_rw
 from lab.host.objects import foreign_leftovers, owner_prefix, with_prefix
 from lab.nodes.vagrant import Box
 from lab.wait import LabError, wait_for
@@ -124,3 +124,19 @@ def test_the_host_daemon_is_found_by_its_pid_file_never_by_name_or_as_a_zombie(
         for proc in (live, other, zombie):
             proc.kill()
             proc.wait()
+
+
+@pytest.mark.parametrize(
+    ("mode", "owner", "group", "can"),
+    [
+        (0o660, 0, 107, True),  # root:kvm 0660, the QEMU user in kvm: Debian's udev rule
+        (0o660, 0, 111, False),  # another group (a container's device node): libvirt re-probes
+        (0o666, 0, 111, True),  # world read-write
+        (0o640, 0, 107, False),  # the group may only read
+        (0o600, 64055, 111, True),  # the user owns it
+    ],
+)
+def test_whether_the_qemu_user_can_open_dev_kvm(
+    mode: int, owner: int, group: int, can: bool
+) -> None:
+    assert user_can_rw(0o20000 | mode, owner, group, 64055, {107, 64055}) is can

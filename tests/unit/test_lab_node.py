@@ -134,7 +134,7 @@ ROWS = [
     ("libvirtd uses the dlm lock manager", 'lock_manager = "dlm"'),
     (
         "fencing (fence_virt -o list)",
-        "on: fence_virt reaches 192.168.123.1:1229, lists both nodes",
+        "on: fence_virt reaches 192.168.123.1:1229, lists all 2 nodes",
     ),
 ]
 

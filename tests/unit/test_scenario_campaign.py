@@ -10,10 +10,10 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
+from lab.nodes import NODE_NAMES
 from lab.scenario.generate import HEAVY, RECOVERIES, VMS, allowed_moves, conflicting, generate
 from lab.scenario.schema import (
     ANY,
-    NODE_NAMES,
     Item,
     LabNeeds,
     Scenario,

@@ -50,11 +50,13 @@ META: dict[str, Any] = {}
 MODULE_ORDER = (
     "test_tables",
     "test_lifecycle",
+    "test_nodes",
     "test_control_nop",
     "test_campaign",
     "test_node_failure",
     "test_lock_failure",
     "test_partition",
+    "test_majority",
 )
 
 Record = Callable[..., report.Row]

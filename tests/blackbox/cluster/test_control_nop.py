@@ -18,6 +18,8 @@ import pytest
 
 from lab.cluster import NODES, Lab
 from lab.scenario import audits
+from lab.scenario.run import Result
+from lab.scenario.schema import Scenario
 from lab.suite.audit import AuditFailure
 from lab.suite.data import DataAuditFailure
 from lab.suite.steps import TwoNode
@@ -64,6 +66,13 @@ def test_protection_row_without_a_lock_manager(
     assert scenario.lab.lock_manager == "nop", f"{case.file}: the control runs under nop"
     table = f"control run: lock_manager = nop — {case.table}"
     result, _runner = play(scenario, report_probe(case, record, table, WHY))
+    expect_double_writer(tn, scenario, result)
+
+
+def expect_double_writer(tn: TwoNode, scenario: Scenario, result: Result) -> None:
+    """Raise the audit's failure when the scenario's last step made the double writer that
+    both double-writer audits (and the writer data, where the guests write) saw; fail the
+    test for any other way of failing; return when it passed (a strict xfail then fails)."""
     if result.ok:
         return  # protected without a lock manager: strict xfail turns this into a failure
     last = result.records[-1]

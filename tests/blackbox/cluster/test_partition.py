@@ -29,7 +29,7 @@ import pytest
 from lab.cluster import NODES, Lab
 from lab.host import fencing
 from lab.host.objects import PowerWatch
-from lab.settings import lab_prefix
+from lab.settings import cluster_addresses, lab_prefix
 from lab.suite import partition
 from lab.suite.audit import AuditFailure
 from lab.suite.data import DataAuditFailure
@@ -51,7 +51,12 @@ from .node_loss import (
     wait_healthy,
 )
 
-pytestmark = pytest.mark.timeout(1800)  # a cut, a fence, TCG boots of the fenced node
+pytestmark = [
+    pytest.mark.timeout(1800),  # a cut, a fence, TCG boots of the fenced node
+    # The two-node split: a fence race that node-a wins by its delay. With three or more
+    # nodes quorum decides instead: test_majority.py.
+    pytest.mark.skipif(len(NODES) != 2, reason="the two-node split; N > 2: test_majority.py"),
+]
 
 SURVIVOR, LOSER = NODE_A, NODE_B
 assert fencing.SURVIVOR == SURVIVOR, "lab/host/fencing.py decides who wins the race"
@@ -75,10 +80,6 @@ def vm1(tn: TwoNode, mount_point: str, with_nfs: bool) -> DomainSpec:
         uuid=str(uuid.uuid5(uuid.NAMESPACE_URL, f"virtdlm-lab:partition/vm-1/{with_nfs}")),
         writer_boot=tn.writer_boot,
     )
-
-
-def cluster_addresses(lab: Lab) -> dict[str, str]:
-    return {NODE_A: str(lab.settings["node_a_ip"]), NODE_B: str(lab.settings["node_b_ip"])}
 
 
 @pytest.fixture
@@ -118,7 +119,7 @@ def test_cut_node_b_is_fenced_and_node_a_takes_vm1_over_without_a_double_writer(
 
     since = loser_comes_back["cut"] = time.time()
     cut_at = time.monotonic()
-    partition.cut(tn.nodes[LOSER], [cluster_addresses(lab)[SURVIVOR]], direction)
+    partition.cut(tn.nodes[LOSER], [cluster_addresses(lab.settings)[SURVIVOR]], direction)
     seen: dict[str, float] = {}
     attempts: list[StepResult] = []
     with PowerWatch(lab_prefix() + LOSER) as watch:
@@ -205,7 +206,7 @@ def test_control_without_fencing_the_cut_node_b_keeps_writing_while_node_a_start
     record(table, "vm-1 starts on node-b", first, OK)
     assert first.outcome == OK, first.describe()
     cut_at = time.monotonic()
-    partition.cut(tn.nodes[LOSER], [cluster_addresses(lab)[SURVIVOR]])
+    partition.cut(tn.nodes[LOSER], [cluster_addresses(lab.settings)[SURVIVOR]])
     tn.on_step = lambda result: record(
         table,
         "cut node-b: vm-1 on node-a",
