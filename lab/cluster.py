@@ -293,9 +293,9 @@ class Lab:
     def heal(self) -> None:
         """An unhealthy cluster stack (a lost member, an abandoned or stopped lockspace, a
         virtdlmd stuck in the kernel) does not recover in place: dlm_controld cannot restart
-        over a lockspace it does not control. Power-cycle both nodes, as fencing would, and
+        over a lockspace it does not control. Power-cycle every node, as fencing would, and
         wait for the cluster's own checks (the table above says what was wrong)."""
-        say("    the lab is not healthy: power-cycling both nodes to restart the cluster stack")
+        say("    the lab is not healthy: power-cycling every node to restart the cluster stack")
         self.power_cycle()
         nodes = self.nodes.all()
 
