@@ -11,7 +11,7 @@ CFLAGS_DRIVER := -std=gnu11 -O2 -g -fPIC -shared -fvisibility=hidden \
 DRIVER_C   := $(sort $(wildcard plugin/driver/*.c))
 DRIVER_SRC := $(DRIVER_C) $(wildcard plugin/driver/*.h)
 
-.PHONY: all deps unit plugin guest install-plugin check local-lab local-lab-stop lab lab-status lab-destroy lab-clean lab-test test bench lint clean venv replay record campaign
+.PHONY: all deps unit plugin guest install-plugin check local-lab local-lab-stop lab lab-status lab-destroy lab-clean lab-test test bench lint clean venv replay record campaign bench-lab
 
 all: plugin unit
 
@@ -122,6 +122,11 @@ test: deps unit check lab-test
 bench: venv plugin
 	$(PY) bench/daemon_bench.py
 	$(PY) bench/start_overhead.py
+
+# The cost of a node: make lab, the every-node cases and memory per node, for 2 and 3 nodes
+# side by side (destroys and rebuilds the lab twice; the three-node lab is left up).
+bench-lab: venv plugin
+	$(PY) bench/lab_cost.py
 
 lint: venv
 	$(VENV)/bin/ruff check plugin lab tests bench
