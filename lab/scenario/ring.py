@@ -43,8 +43,10 @@ def ring(nodes: tuple[str, ...], manager: str = "dlm") -> Scenario:
 
 
 def first_hop_without_locks(nodes: tuple[str, ...]) -> Scenario:
-    """The control: vm-1 on the first node, moved to the second; vm-2 then starts on the
-    last node of the ring and writes one.qcow2 beside it (nothing guards it under nop)."""
+    """The control: vm-1 on the first node, moved to the second; vm-2 then starts on a node
+    vm-1 is not on (the third, or with two nodes the first) and writes one.qcow2 beside it:
+    nothing guards it across nodes under nop (on vm-1's own node QEMU's image lock would)."""
+    other = nodes[2] if len(nodes) > 2 else nodes[0]
     text = f"""\
 version: 1
 lab: {{storage: nfs, lock_manager: nop, nodes: {len(nodes)}}}
@@ -54,6 +56,6 @@ vms:
 steps:
   - {{on: {nodes[0]}, do: start, vm: vm-1}}
   - {{on: {nodes[0]}, do: migrate, vm: vm-1, to: {nodes[1]}}}
-  - {{on: {nodes[-1]}, do: start, vm: vm-2}}
+  - {{on: {other}, do: start, vm: vm-2}}
 """
     return loads(text, f"<control on {len(nodes)} nodes>")
