@@ -12,6 +12,7 @@ The lab is switched to "nop" for this module only and back to its setting afterw
 
 from __future__ import annotations
 
+import contextlib
 from collections.abc import Iterator
 
 import pytest
@@ -38,15 +39,22 @@ def switch_lock_manager(tn: TwoNode, manager: str) -> None:
         assert lock_manager_of(tn.nodes[name]) == manager
 
 
-@pytest.fixture(scope="module", autouse=True)
-def nop_lock_manager(lab: Lab, tn: TwoNode) -> Iterator[None]:
+@contextlib.contextmanager
+def lock_manager_meanwhile(lab: Lab, tn: TwoNode, manager: str) -> Iterator[None]:
+    """Every node on `manager` (no domain left over), and back on the lab's setting after."""
     tn.remove_everything()
-    switch_lock_manager(tn, "nop")
+    switch_lock_manager(tn, manager)
     try:
         yield
     finally:
         tn.remove_everything()
         switch_lock_manager(tn, str(lab.settings["lock_manager"]))
+
+
+@pytest.fixture(scope="module", autouse=True)
+def nop_lock_manager(lab: Lab, tn: TwoNode) -> Iterator[None]:
+    with lock_manager_meanwhile(lab, tn, "nop"):
+        yield
 
 
 # Only the double-writer audits' failure is the expected one, and only with the disk's own

@@ -23,7 +23,7 @@ from lab.suite.steps import TwoNode
 from lab.virt.refusal import LOCK_MANAGER, log_signs
 
 from .conftest import CASE_TIMEOUT_S, Play
-from .test_control_nop import expect_double_writer, switch_lock_manager
+from .test_control_nop import expect_double_writer, lock_manager_meanwhile
 
 pytestmark = pytest.mark.timeout(CASE_TIMEOUT_S * len(NODES))
 
@@ -44,13 +44,8 @@ def test_the_lock_follows_vm1_around_every_node_and_every_other_node_is_refused(
 
 @pytest.fixture
 def nop_everywhere(lab: Lab, tn: TwoNode) -> Iterator[None]:
-    tn.remove_everything()
-    switch_lock_manager(tn, "nop")
-    try:
+    with lock_manager_meanwhile(lab, tn, "nop"):
         yield
-    finally:
-        tn.remove_everything()
-        switch_lock_manager(tn, str(lab.settings["lock_manager"]))
 
 
 @pytest.mark.xfail(
