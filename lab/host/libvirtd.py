@@ -120,8 +120,10 @@ def kvm_device_fix(who: Runner, device: str = KVM_DEVICE, user: str = QEMU_USER)
     whatever its mode, while its validity check asks whether the QEMU user can: when they
     differ ("KVM was enabled when probing ..., but it is not available now" in its debug
     log) every call that needs capabilities probes QEMU again, about 4 s each, and
-    vagrant-libvirt makes dozens. Seen on hosts whose /dev/kvm belongs to another group
-    (a container's device node). The lab's own choice of KVM or TCG does not depend on it.
+    vagrant-libvirt makes dozens. Seen here after box builds that bind-mounted the host's
+    /dev into their chroot, where a package script chgrp'd /dev/kvm by the chroot's kvm gid
+    (build-box no longer does); any host whose /dev/kvm has another group gets the same.
+    The lab's own choice of KVM or TCG does not depend on it.
     """
     try:
         st = os.stat(device)
