@@ -38,6 +38,7 @@ from lab.suite.matrix import BLOCK, ONE, TWO, nfs_storage
 from lab.suite.steps import NODE_A, OK, TwoNode
 from lab.virt.domain import Disk, DomainSpec
 from lab.virt.refusal import LOCK_MANAGER
+from lab.wait import LabError
 
 from .conftest import Record
 from .node_loss import (
@@ -80,8 +81,11 @@ def writer(tn: TwoNode, name: str, disks: tuple[Disk, ...], on_lockfailure: str 
 
 def quorate(tn: TwoNode, node: str) -> bool | None:
     """The node's own view (over the management network, which no cut touches); None when
-    it does not answer."""
-    out = tn.nodes[node].run("corosync-quorumtool -s", timeout_s=QUORUM_TIMEOUT_S)
+    it does not answer (a node being fenced stops answering in the middle of a call)."""
+    try:
+        out = tn.nodes[node].run("corosync-quorumtool -s", timeout_s=QUORUM_TIMEOUT_S)
+    except LabError:  # being fenced: the power watch says so on the next poll
+        return None
     if not out.stdout:
         return None
     return parse_quorum(out.stdout)[0]
