@@ -31,6 +31,8 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, ROOT)
 
 from lab.host.libvirtd import HOST_URI  # noqa: E402
+from lab.nodes import NODE_NAMES  # noqa: E402
+from lab.nodes.node import Node  # noqa: E402
 from lab.settings import lab_prefix  # noqa: E402
 
 PY = sys.executable
@@ -38,6 +40,8 @@ UP_TIMEOUT_S = 1800
 SUITE_TIMEOUT_S = 3600
 DEFAULT_SUITE = "tests/blackbox/cluster/test_nodes.py"
 MIB = 1024
+NODE_TIMEOUT_S = 60.0
+MEMINFO = "awk '/^MemTotal|^MemAvailable/ {print $2}' /proc/meminfo"
 
 
 def run(argv: list[str], nodes: int, timeout_s: float) -> float:
@@ -55,28 +59,19 @@ def node_memory(nodes: int) -> tuple[float, float]:
     """(largest QEMU resident set of a node on the host, largest memory in use inside a
     node), MiB."""
     prefix = lab_prefix()
-    names = [f"{prefix}node-{c}" for c in "abcde"[:nodes]]
+    names = NODE_NAMES[:nodes]
     conn = libvirt.open(HOST_URI)
     try:
-        rss = [conn.lookupByName(n).memoryStats().get("rss", 0) / MIB for n in names]
+        rss = [conn.lookupByName(prefix + n).memoryStats().get("rss", 0) / MIB for n in names]
     finally:
         conn.close()
     used = []
-    for name in names:
-        short = name[len(prefix) :]
-        out = subprocess.run(
-            [
-                "ssh",
-                "-F",
-                os.path.join(ROOT, ".lab", "ssh", f"{short}.config"),
-                short,
-                "awk '/^MemTotal|^MemAvailable/ {print $2}' /proc/meminfo",
-            ],
-            capture_output=True,
-            text=True,
-            timeout=60,
-            check=True,
-        ).stdout.split()
+    for name in names:  # through the lab's own node sessions: every command has a deadline
+        node = Node.from_ssh_config(name, os.path.join(ROOT, ".lab", "ssh", f"{name}.config"))
+        try:
+            out = node.check(MEMINFO, timeout_s=NODE_TIMEOUT_S).stdout.split()
+        finally:
+            node.close()
         used.append((int(out[0]) - int(out[1])) / MIB)
     return max(rss), max(used)
 
