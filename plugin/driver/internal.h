@@ -42,6 +42,7 @@
 #define VDL_MAX_NAME_BYTES 256
 
 #define VDL_MAX_MESSAGE_BYTES 1024
+#define VDL_STDERR_DRAIN_MS 1000            /* the child's wait for its error line to be read */
 #define VDL_UUID_STRING_BYTES 37            /* 8-4-4-4-12 and NUL */
 #define VDL_STATE_CHARS \
     "ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789._:,;=+/-"

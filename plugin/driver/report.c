@@ -5,6 +5,14 @@
  * (dlm.so links no libvirt library), domain VIR_FROM_LOCKING. The pre-exec child (and a test
  * harness without libvirt) writes one "dlm: ..." line to stderr instead: no dlsym, no stdio
  * locks, one write(2).
+ *
+ * libvirt finds that line only in the domain's log file: after the child exits it reads the
+ * log (qemuProcessReportLogError, "Process exited prior to exec: ..."). With virtlogd (the
+ * default stdio_handler) the child's stderr is a pipe that virtlogd copies into that file, so
+ * a child that exits at once races virtlogd, and libvirt's error may come without the reason
+ * (seen in the lab under load: "internal error: Process exited prior to exec" and nothing
+ * more). So the child waits, at most VDL_STDERR_DRAIN_MS, until the pipe is empty: ioctl and
+ * nanosleep are async-signal-safe, and no libvirt interface says when virtlogd has copied it.
  */
 #define _GNU_SOURCE
 #include "internal.h"
@@ -13,6 +21,9 @@
 #include <stdarg.h>
 #include <stdio.h>
 #include <string.h>
+#include <sys/ioctl.h>
+#include <sys/stat.h>
+#include <time.h>
 #include <unistd.h>
 
 typedef void (*vdlReportHelper)(int domcode, int errcode, const char *filename,
@@ -56,6 +67,21 @@ const char *vdlErrnoText(int err)
     return text ? text : "unknown error";
 }
 
+/* Wait until whoever reads our stderr pipe (virtlogd) has read everything in it, at most
+ * VDL_STDERR_DRAIN_MS. Nothing to wait for when stderr is a file or a terminal. */
+static void vdlDrainStderr(void)
+{
+    const struct timespec step = { 0, 2 * 1000 * 1000 };
+    struct stat st;
+    int left = VDL_STDERR_DRAIN_MS / 2;
+    int unread = 0;
+
+    if (fstat(STDERR_FILENO, &st) < 0 || !S_ISFIFO(st.st_mode))
+        return;
+    while (left-- > 0 && ioctl(STDERR_FILENO, FIONREAD, &unread) == 0 && unread > 0)
+        nanosleep(&step, NULL);
+}
+
 /* Report one error: as a libvirt error inside libvirtd, else (the pre-exec child, a test
  * harness) as one "dlm: " line on stderr, which libvirt puts in the start error. -1. */
 int vdlReport(bool child, int code, const char *file, const char *func, size_t line,
@@ -81,7 +107,8 @@ int vdlReport(bool child, int code, const char *file, const char *func, size_t l
     }
     len = snprintf(out, sizeof(out), "dlm: %s\n", msg);
     written = write(STDERR_FILENO, out, len < 0 ? 0 : (size_t) len);
-    (void) written;                     /* nowhere left to report a failed write */
+    if (written > 0 && child)
+        vdlDrainStderr();
     return -1;
 }
 

@@ -17,6 +17,7 @@ import contextlib
 import fcntl
 import json
 import os
+import select
 import shutil
 import socket
 import stat
@@ -25,6 +26,7 @@ import subprocess
 import sys
 import tempfile
 import threading
+import time
 from collections.abc import Callable, Iterator
 from typing import Any
 
@@ -835,3 +837,44 @@ def test_the_child_reports_on_stderr_even_when_libvirt_is_loaded(
     reported_errors: list[str],
 ) -> None:
     assert reported_errors[len(ERROR_MAP) :] == [f"dlm: {BUSY_MESSAGE}"]
+
+
+# -- the child's line reaches libvirt's log before the child exits ---------------------------
+
+CHILD_SCRIPT = r"""
+import os, sys
+from tests.unit.driver_abi import ACQUIRE_REGISTER_ONLY, DriverHandle
+d = DriverHandle(sys.argv[1])
+assert d.init(None) == 0
+assert d.new("6a1f0c4e-3b5d-4f6a-9c1e-2d3b4c5d6e7f", "vm-1", 1, os.getpid()) == 0
+assert d.add_disk("/x") == 0
+assert d.acquire(ACQUIRE_REGISTER_ONLY) == (-1, -1)
+print("returned", flush=True)
+"""
+LOG_READER_LATE_S = 0.5  # how long "virtlogd" leaves the line unread (the driver waits 1 s)
+
+
+def test_the_child_returns_only_once_its_error_line_was_read_from_the_pipe(
+    dlm_so: str, short_dir: str
+) -> None:
+    """libvirt reads the child's reason from the domain log after the child exits; with
+    virtlogd the child's stderr is a pipe, so the child must not return before it is read."""
+    env = {**os.environ, "PYTHONPATH": REPO, "VIRTDLM_SOCKET": os.path.join(short_dir, "no.sock")}
+    with subprocess.Popen(
+        [sys.executable, "-c", CHILD_SCRIPT, dlm_so],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        env=env,
+        text=True,
+    ) as child:
+        assert child.stdout is not None and child.stderr is not None
+        try:
+            readable, _, _ = select.select([child.stderr], [], [], SUBPROCESS_TIMEOUT_S)
+            assert readable, "the child wrote no error line"
+            time.sleep(LOG_READER_LATE_S)
+            assert child.poll() is None, "the child returned with its error line unread"
+            assert child.stderr.readline().startswith(f"dlm: {NOT_RUNNING}")
+            assert child.wait(timeout=SUBPROCESS_TIMEOUT_S) == 0
+            assert child.stdout.read() == "returned\n"
+        finally:
+            child.kill()
