@@ -2,7 +2,9 @@
 
 Layers:
 - ``lock-manager``: the DLM lock manager (dlm.so / virtdlmd) refused; libvirt error code
-  VIR_ERR_RESOURCE_BUSY with "resource busy: …".
+  VIR_ERR_RESOURCE_BUSY with "resource busy: …", or, while this node's lockspace cannot be
+  used (not quorate, stopped, waiting for a fence), "lockspace … starts are refused until …"
+  (code 1 when dlm.so says it in QEMU's pre-exec child, 38 from libvirtd).
 - ``qemu-image-lock``: QEMU's own OFD image lock refused ("Failed to get "write" lock").
 - ``lock-daemon-down``: the lock manager could not reach virtdlmd.
 - ``other``: anything else.
@@ -19,6 +21,8 @@ import re
 from dataclasses import dataclass
 
 import libvirt
+
+from virtdlm.health import REFUSED_UNTIL
 
 OK = "ok"
 LOCK_MANAGER = "lock-manager"
@@ -37,7 +41,7 @@ _HOLDER_RE = re.compile(
 _QEMU_LOCK_RE = re.compile(r'Failed to get (?:shared )?"(?:write|consistent read)" lock')
 
 LOG_SIGNS: dict[str, tuple[str, ...]] = {
-    LOCK_MANAGER: (RESOURCE_BUSY,),
+    LOCK_MANAGER: (RESOURCE_BUSY, REFUSED_UNTIL),
     # QEMU exits at start-up: libvirtd also says its monitor went away.
     QEMU_IMAGE_LOCK: (
         '"write" lock',
@@ -77,6 +81,8 @@ def classify(stderr: str, code: int | None = None) -> Refusal:
             m.group("node") if m else "",
             m.group("resource") if m else "",
         )
+    if REFUSED_UNTIL in text:  # the lockspace cannot be used: the lock manager says no
+        return Refusal(LOCK_MANAGER, code, text)
     if _QEMU_LOCK_RE.search(text):
         return Refusal(QEMU_IMAGE_LOCK, code, text)
     if DAEMON_DOWN in text:

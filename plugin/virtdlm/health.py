@@ -42,6 +42,8 @@ FENCING = "fencing"
 PROBE_TIMEOUT_S = 15.0  # a reading longer than this keeps the last one (the libdlm probe runs
 # two tools of TOOL_TIMEOUT_S = 5 s each)
 
+# every refusal while the lockspace cannot be used says this (lab.virt.refusal finds it)
+REFUSED_UNTIL = "starts are refused until"
 # per state: what to say after "lockspace L on N", until when starts are refused, what to check
 _PHRASES = {
     GONE: (
@@ -92,9 +94,7 @@ class LockHealth:
     def refusal(self) -> LockspaceUnavailable:
         """The error that refuses a start while the lockspace cannot be used."""
         _what, until, check = _PHRASES[self.state]
-        return LockspaceUnavailable(
-            f"{self.describe()}; starts are refused until {until}: check {check}"
-        )
+        return LockspaceUnavailable(f"{self.describe()}; {REFUSED_UNTIL} {until}: check {check}")
 
     def to_json(self) -> dict[str, Any]:
         return {

@@ -26,6 +26,11 @@ QEMU_SHARED = (
     '-blockdev {...}: Failed to get shared "write" lock'
 )
 LOCKMGR = "resource busy: disk /l/one.qcow2 is locked exclusively by vm-1 on node-a"
+NOT_QUORATE = (
+    "internal error: Process exited prior to exec: dlm: lockspace libvirt on node-a cannot be "
+    "used: node-a is not quorate (since 04:14:02); starts are refused until quorum returns: "
+    "check `corosync-quorumtool -s`"
+)
 DOWN = (
     "operation failed: virtdlmd is not running (socket /run/libvirt/virtdlmd.sock: "
     "No such file or directory)"
@@ -38,10 +43,11 @@ DOWN = (
         (QEMU_WRITE, 1, QEMU_IMAGE_LOCK, ""),
         (QEMU_SHARED, 1, QEMU_IMAGE_LOCK, ""),
         (LOCKMGR, libvirt.VIR_ERR_RESOURCE_BUSY, LOCK_MANAGER, "vm-1@node-a"),
+        (NOT_QUORATE, 1, LOCK_MANAGER, ""),
         (DOWN, 9, LOCK_DAEMON_DOWN, ""),
         ("internal error: no such file", 1, OTHER, ""),
     ],
-    ids=["qemu-write", "qemu-shared", "lock-manager", "daemon-down", "other"],
+    ids=["qemu-write", "qemu-shared", "lock-manager", "lockspace-unusable", "daemon-down", "other"],
 )
 def test_classify(text: str, code: int, layer: str, holder: str) -> None:
     r = classify(text, code)
