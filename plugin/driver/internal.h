@@ -43,6 +43,7 @@
 
 #define VDL_MAX_MESSAGE_BYTES 1024
 #define VDL_STDERR_DRAIN_MS 1000            /* the child's wait for its error line to be read */
+#define VDL_STDERR_DRAIN_STEP_MS 2          /* ... looked at this often */
 #define VDL_UUID_STRING_BYTES 37            /* 8-4-4-4-12 and NUL */
 #define VDL_STATE_CHARS \
     "ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789._:,;=+/-"

@@ -71,9 +71,9 @@ const char *vdlErrnoText(int err)
  * VDL_STDERR_DRAIN_MS. Nothing to wait for when stderr is a file or a terminal. */
 static void vdlDrainStderr(void)
 {
-    const struct timespec step = { 0, 2 * 1000 * 1000 };
+    const struct timespec step = { 0, VDL_STDERR_DRAIN_STEP_MS * 1000L * 1000L };
     struct stat st;
-    int left = VDL_STDERR_DRAIN_MS / 2;
+    int left = VDL_STDERR_DRAIN_MS / VDL_STDERR_DRAIN_STEP_MS;
     int unread = 0;
 
     if (fstat(STDERR_FILENO, &st) < 0 || !S_ISFIFO(st.st_mode))
