@@ -30,9 +30,9 @@ import libvirt
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, ROOT)
 
+from lab.cluster import Lab  # noqa: E402
 from lab.host.libvirtd import HOST_URI  # noqa: E402
 from lab.nodes import NODE_NAMES  # noqa: E402
-from lab.nodes.node import Node  # noqa: E402
 from lab.settings import lab_prefix  # noqa: E402
 
 PY = sys.executable
@@ -66,13 +66,13 @@ def node_memory(nodes: int) -> tuple[float, float]:
     finally:
         conn.close()
     used = []
-    for name in names:  # through the lab's own node sessions: every command has a deadline
-        node = Node.from_ssh_config(name, os.path.join(ROOT, ".lab", "ssh", f"{name}.config"))
-        try:
-            out = node.check(MEMINFO, timeout_s=NODE_TIMEOUT_S).stdout.split()
-        finally:
-            node.close()
-        used.append((int(out[0]) - int(out[1])) / MIB)
+    lab = Lab()  # the lab's own node sessions: every command has a deadline
+    try:
+        for name in names:
+            out = lab.node(name).check(MEMINFO, timeout_s=NODE_TIMEOUT_S).stdout.split()
+            used.append((int(out[0]) - int(out[1])) / MIB)
+    finally:
+        lab.nodes.close()
     return max(rss), max(used)
 
 
